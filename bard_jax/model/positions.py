@@ -44,8 +44,7 @@ def _slice_grid_lookup(grid_thw: Any, seg_index: Any, xp: Any, split_temporal: b
     Images: one segment per grid row. Videos (`split_temporal`): each temporal slice of a grid row is its own
     segment with t = 1, in order (Qwen3-VL puts a text timestamp before every slice).
     """
-    grid_thw = xp.asarray(grid_thw).astype(np.int32).reshape(-1, 3)
-    if grid_thw.shape[0] == 0:
+    if grid_thw is None or grid_thw.shape[0] == 0:
         one = xp.ones_like(seg_index)
         return one, one, one
     if split_temporal:

@@ -1,0 +1,89 @@
+"""Turn user-facing model inputs (ids, padding mask, pixel rows, grids) into what the network consumes.
+
+Letters: B batch, T tokens, P pixel rows, I grid rows.
+
+All of it is jax.numpy with static shapes, so it runs inside `jax.jit`: the number of pixel rows and grid rows is
+static, their values are data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bard_jax.config import ModelConfig
+from bard_jax.model.positions import rope_position_ids, vision_patch_metadata
+
+
+class VisionInputs(NamedTuple):
+    """Pixel rows of all images then all videos, their per-patch metadata, and where the video windows start."""
+
+    pixels_pc: jax.Array
+    meta: dict[str, jax.Array]
+    num_image_windows: int  # static: image pixel rows / merge unit
+
+
+def _check_rows(name: str, pixels: Any, config: ModelConfig) -> None:
+    v = config.vision
+    if pixels.ndim != 2 or pixels.shape[1] != v.patch_dim:
+        raise ValueError(f"{name} must be [num_patches, {v.patch_dim}], got shape {tuple(pixels.shape)}")
+    if pixels.shape[0] % v.merge_unit:
+        raise ValueError(f"{name} has {pixels.shape[0]} rows, not a multiple of the merge unit {v.merge_unit}")
+
+
+def vision_inputs(
+    config: ModelConfig,
+    pixel_values: Any = None,
+    image_grid_thw: Any = None,
+    pixel_values_videos: Any = None,
+    video_grid_thw: Any = None,
+) -> VisionInputs | None:
+    """Concatenate image and video pixel rows and build their patch metadata; None when there are no pixels."""
+    v = config.vision
+    parts, metas = [], []
+    num_image_windows = 0
+    segment_offset = 0
+    for name, pixels, grid in (
+        ("pixel_values", pixel_values, image_grid_thw),
+        ("pixel_values_videos", pixel_values_videos, video_grid_thw),
+    ):
+        if pixels is None:
+            continue
+        if grid is None:
+            raise ValueError(f"{name} given without its grid_thw")
+        pixels = jnp.asarray(pixels)
+        _check_rows(name, pixels, config)
+        grid = jnp.asarray(grid, jnp.int32).reshape(-1, 3)
+        meta = vision_patch_metadata(
+            grid, pixels.shape[0], spatial_merge_size=v.spatial_merge_size, num_grid_per_side=v.num_grid_per_side,
+            xp=jnp,
+        )
+        # Keep segment ids of the two groups apart (padding rows stay negative, each group its own pad id).
+        meta["segment"] = jnp.where(meta["segment"] >= 0, meta["segment"] + segment_offset, -1 - len(parts))
+        segment_offset += pixels.shape[0]
+        if name == "pixel_values":
+            num_image_windows = pixels.shape[0] // v.merge_unit
+        parts.append(pixels)
+        metas.append(meta)
+    if not parts:
+        return None
+    pixels_pc = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    meta = {k: jnp.concatenate([m[k] for m in metas], axis=0) for k in metas[0]}
+    return VisionInputs(pixels_pc, meta, num_image_windows)
+
+
+def text_positions(
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    image_grid_thw: Any = None,
+    video_grid_thw: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+    """MRoPE positions [3, B, T] and next_position [B] (see `rope_position_ids`)."""
+    return rope_position_ids(
+        input_ids, attention_mask, image_grid_thw, video_grid_thw,
+        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+        spatial_merge_size=config.vision.spatial_merge_size, xp=jnp,
+    )

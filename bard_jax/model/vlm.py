@@ -1,0 +1,95 @@
+"""The whole Qwen3-VL network as one Linen module with named entry points.
+
+Letters: B batch, T tokens, P vision patches, M merged windows, J deepstack sets, D text width, V vocab.
+
+Entry points (use with `module.apply({"params": params}, ..., method=...)`):
+  encode_vision(pixels, meta)            -> window embeddings [M, D], deepstack [J, M, D]
+  embed(input_ids, vision, n_img_windows) -> input embeddings [B, T, D], deepstack rows [J, B, T, D]
+  decode(x, positions, info, deepstack, context) -> hidden [B, T, D], current (k, v) or None
+  logits(hidden)                          -> [..., V] (tied or untied head)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bard_jax.config import ModelConfig
+from bard_jax.model.attention import TokenInfo
+from bard_jax.model.layers import Dtype, Linear
+from bard_jax.model.text import KVContext, TextModel
+from bard_jax.model.vision import VisionTower
+
+
+class Qwen3VL(nn.Module):
+    config: ModelConfig
+    dtype: Dtype | None = None
+    remat_policy: str = "none"
+    return_kv: bool = False
+    clean_sees_noisy: bool = True
+
+    def setup(self) -> None:
+        c = self.config
+        self.visual = VisionTower(c.vision, self.dtype, self.remat_policy)
+        self.language_model = TextModel(
+            c.text, self.dtype, self.remat_policy, self.return_kv, self.clean_sees_noisy
+        )
+        if not c.tie_word_embeddings:
+            self.lm_head = Linear(c.text.vocab_size, use_bias=False, dtype=self.dtype)
+
+    def encode_vision(self, pixels_pc: jax.Array, meta: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
+        return self.visual(pixels_pc, meta)
+
+    def embed(
+        self,
+        ids_bt: jax.Array,
+        vision: tuple[jax.Array, jax.Array] | None = None,
+        num_image_windows: int = 0,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Token embeddings with the vision windows scattered into the pad positions, in sequence order.
+
+        `vision` holds the windows of all images (first `num_image_windows` rows, padding included) followed by
+        those of all videos. Image-pad tokens take image windows in order over the flattened batch, video-pad
+        tokens video windows. Returns x [B, T, D] and the deepstack rows [J, B, T, D] (zero at text positions).
+        """
+        c = self.config
+        x = self.language_model.embed(ids_bt)
+        if vision is None:
+            return x, jnp.zeros((0,) + x.shape, x.dtype)
+        merged_md, deep_jmd = vision
+        b, t = ids_bt.shape
+        is_img = ids_bt == c.image_token_id
+        is_vid = ids_bt == c.video_token_id
+        img_rank = (jnp.cumsum(is_img.reshape(-1)) - 1).reshape(b, t)
+        vid_rank = (jnp.cumsum(is_vid.reshape(-1)) - 1).reshape(b, t)
+        src = jnp.where(is_img, img_rank, jnp.where(is_vid, num_image_windows + vid_rank, 0))
+        src = jnp.clip(src, 0, merged_md.shape[0] - 1)
+        is_vis = (is_img | is_vid)[..., None]
+        x = jnp.where(is_vis, merged_md[src].astype(x.dtype), x)
+        deep = jnp.where(is_vis[None], deep_jmd[:, src].astype(x.dtype), jnp.zeros((), x.dtype))
+        return x, deep
+
+    def decode(
+        self,
+        x_btd: jax.Array,
+        positions_3bt: jax.Array,
+        info: TokenInfo,
+        deepstack_jbtd: jax.Array,
+        context: KVContext | None = None,
+    ) -> tuple[jax.Array, Any]:
+        return self.language_model(x_btd, positions_3bt, info, deepstack_jbtd, context)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            return self.language_model.attend(hidden)
+        return self.lm_head(hidden)
+
+    def __call__(self, ids_bt, positions_3bt, info, pixels_pc, meta):
+        """Everything at once (used to initialise parameters)."""
+        vision = self.encode_vision(pixels_pc, meta)
+        x, deep = self.embed(ids_bt, vision, vision[0].shape[0])
+        h, _ = self.decode(x, positions_3bt, info, deep)
+        return self.logits(h)
