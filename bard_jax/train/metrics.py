@@ -1,0 +1,73 @@
+"""Metrics sinks: the console (a progress bar), `WORKDIR/metrics.jsonl` and TensorBoard event files.
+
+Only process 0 writes. Each logged step is one JSON object with at least `step` and `loss`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.total = total_steps
+        self._tb = None
+        self._bar = None
+        self._jsonl = None
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep training if it is missing
+            self._tb = None
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, dynamic_ncols=True, leave=True)
+        self._last = time.time()
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        for k, v in metrics.items():
+            v = np.asarray(v)
+            row[k] = v.item() if v.size == 1 else v.tolist()
+        row["time"] = time.time()
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self._bar.write if self._bar is not None else print)(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
