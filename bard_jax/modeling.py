@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from bard_jax.config import ModelConfig
 from bard_jax.model.attention import TokenInfo
-from bard_jax.model.inputs import text_positions, vision_inputs
+from bard_jax.model.inputs import text_positions, vision_inputs, window_index
 from bard_jax.model.positions import vision_patch_metadata
 from bard_jax.model.vlm import Qwen3VL
 
@@ -124,7 +124,8 @@ def _forward_jit(
     vision = None
     if pixels is not None:
         vision = net.apply(params, pixels, meta, method=Qwen3VL.encode_vision)
-    x, deep = net.apply(params, input_ids, vision, num_image_windows, method=Qwen3VL.embed)
+    windows = window_index(model.config, input_ids, num_image_windows)
+    x, deep = net.apply(params, input_ids, vision, windows, method=Qwen3VL.embed)
     hidden, _ = net.apply(params, x, positions, info, deep, method=Qwen3VL.decode)
     return net.apply(params, hidden, method=Qwen3VL.logits)
 

@@ -74,6 +74,20 @@ def vision_inputs(
     return VisionInputs(pixels_pc, meta, num_image_windows)
 
 
+def window_index(config: ModelConfig, input_ids: jax.Array, num_image_windows: int) -> jax.Array:
+    """For each image/video pad token, the row of the vision output it takes (HF order).
+
+    Image pads take image windows in order over the flattened batch; video pads take video windows, which follow
+    the `num_image_windows` image rows. Other tokens get 0 (ignored).
+    """
+    b, t = input_ids.shape
+    is_img = input_ids == config.image_token_id
+    is_vid = input_ids == config.video_token_id
+    img_rank = (jnp.cumsum(is_img.reshape(-1)) - 1).reshape(b, t)
+    vid_rank = (jnp.cumsum(is_vid.reshape(-1)) - 1).reshape(b, t)
+    return jnp.where(is_img, img_rank, jnp.where(is_vid, num_image_windows + vid_rank, 0)).astype(jnp.int32)
+
+
 def text_positions(
     config: ModelConfig,
     input_ids: jax.Array,

@@ -4,7 +4,7 @@ Letters: B batch, T tokens, P vision patches, M merged windows, J deepstack sets
 
 Entry points (use with `module.apply({"params": params}, ..., method=...)`):
   encode_vision(pixels, meta)            -> window embeddings [M, D], deepstack [J, M, D]
-  embed(input_ids, vision, n_img_windows) -> input embeddings [B, T, D], deepstack rows [J, B, T, D]
+  embed(input_ids, vision, window_index) -> input embeddings [B, T, D], deepstack rows [J, B, T, D]
   decode(x, positions, info, deepstack, context) -> hidden [B, T, D], current (k, v) or None
   logits(hidden)                          -> [..., V] (tied or untied head)
 """
@@ -47,27 +47,21 @@ class Qwen3VL(nn.Module):
         self,
         ids_bt: jax.Array,
         vision: tuple[jax.Array, jax.Array] | None = None,
-        num_image_windows: int = 0,
+        window_index_bt: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Token embeddings with the vision windows scattered into the pad positions, in sequence order.
+        """Token embeddings with the vision windows scattered into the pad positions.
 
-        `vision` holds the windows of all images (first `num_image_windows` rows, padding included) followed by
-        those of all videos. Image-pad tokens take image windows in order over the flattened batch, video-pad
-        tokens video windows. Returns x [B, T, D] and the deepstack rows [J, B, T, D] (zero at text positions).
+        `window_index_bt` [B, T] gives, for each image/video pad token, the row of `vision` (merged windows
+        [M, D], deepstack [J, M, D]) it takes (see `bard_jax.model.inputs.window_index`). Returns x [B, T, D]
+        and the deepstack rows [J, B, T, D] (zero at text positions).
         """
         c = self.config
         x = self.language_model.embed(ids_bt)
         if vision is None:
             return x, jnp.zeros((0,) + x.shape, x.dtype)
         merged_md, deep_jmd = vision
-        b, t = ids_bt.shape
-        is_img = ids_bt == c.image_token_id
-        is_vid = ids_bt == c.video_token_id
-        img_rank = (jnp.cumsum(is_img.reshape(-1)) - 1).reshape(b, t)
-        vid_rank = (jnp.cumsum(is_vid.reshape(-1)) - 1).reshape(b, t)
-        src = jnp.where(is_img, img_rank, jnp.where(is_vid, num_image_windows + vid_rank, 0))
-        src = jnp.clip(src, 0, merged_md.shape[0] - 1)
-        is_vis = (is_img | is_vid)[..., None]
+        is_vis = ((ids_bt == c.image_token_id) | (ids_bt == c.video_token_id))[..., None]
+        src = jnp.clip(window_index_bt, 0, merged_md.shape[0] - 1)
         x = jnp.where(is_vis, merged_md[src].astype(x.dtype), x)
         deep = jnp.where(is_vis[None], deep_jmd[:, src].astype(x.dtype), jnp.zeros((), x.dtype))
         return x, deep
@@ -90,6 +84,6 @@ class Qwen3VL(nn.Module):
     def __call__(self, ids_bt, positions_3bt, info, pixels_pc, meta):
         """Everything at once (used to initialise parameters)."""
         vision = self.encode_vision(pixels_pc, meta)
-        x, deep = self.embed(ids_bt, vision, vision[0].shape[0])
+        x, deep = self.embed(ids_bt, vision, jnp.zeros_like(ids_bt))
         h, _ = self.decode(x, positions_3bt, info, deep)
         return self.logits(h)
