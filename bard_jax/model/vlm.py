@@ -60,6 +60,11 @@ class Qwen3VL(nn.Module):
         if vision is None:
             return x, jnp.zeros((0,) + x.shape, x.dtype)
         merged_md, deep_jmd = vision
+        if getattr(window_index_bt, "shape", None) != ids_bt.shape:
+            raise TypeError(
+                "embed needs window_index_bt [B, T] (bard_jax.model.inputs.window_index), got "
+                f"{type(window_index_bt).__name__} {getattr(window_index_bt, 'shape', '')}"
+            )
         is_vis = ((ids_bt == c.image_token_id) | (ids_bt == c.video_token_id))[..., None]
         src = jnp.clip(window_index_bt, 0, merged_md.shape[0] - 1)
         x = jnp.where(is_vis, merged_md[src].astype(x.dtype), x)
