@@ -1,0 +1,215 @@
+"""`python -m bard_jax.train --recipe recipes/NAME.py [--workdir DIR] [--dry-run] [--recipe.KEY=VALUE ...]`.
+
+One readable `main()` in sections: config, distributed init, mesh, data, model and state (init or restore),
+compile, loop (log, checkpoint, stop on signal or non-finite loss), export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bard_jax.sharding import make_mesh, param_shardings, replicated
+from bard_jax.train import recipe as recipe_lib
+from bard_jax.train.checkpoint import Checkpointer, abstract_like
+from bard_jax.train.config import TrainConfig
+from bard_jax.train.metrics import MetricsWriter
+from bard_jax.train.optimizer import make_optimizer
+from bard_jax.train.signals import StopFlag
+from bard_jax.train.step import TrainState, init_state, make_train_step
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or must stop (bad setup, non-finite loss)."""
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    parser = argparse.ArgumentParser(prog="python -m bard_jax.train", description=__doc__)
+    parser.add_argument("--recipe", required=True, help="recipe file (recipes/NAME.py)")
+    parser.add_argument("--workdir", default=None, help="output directory (default: the recipe's, or runs/NAME)")
+    parser.add_argument("--dry-run", action="store_true", help="plan shapes, shardings and memory; read no weights")
+    parser.add_argument("--coordinator", default=None, help="multi-host: coordinator address host:port")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    args, rest = parser.parse_known_args(argv)
+    return args, recipe_lib.parse_override_args(rest)
+
+
+def load_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainConfig:
+    cfg = recipe_lib.load_recipe(args.recipe)
+    if not isinstance(cfg, TrainConfig):
+        raise recipe_lib.RecipeError(f"{args.recipe}: get_config() must return a TrainConfig")
+    cfg = recipe_lib.apply_overrides(cfg, overrides)
+    workdir = args.workdir or cfg.workdir or os.path.join("runs", cfg.name)
+    return dataclasses.replace(cfg, workdir=os.path.abspath(workdir))
+
+
+def maybe_init_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed from flags, or from the environment (JAX_COORDINATOR_ADDRESS etc.)."""
+    if args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator or os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1")),
+            process_id=args.process_id if args.process_id is not None else int(os.environ.get("JAX_PROCESS_ID", "0")),
+        )
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(args, overrides)
+    maybe_init_distributed(args)
+    mesh = make_mesh(cfg.mesh.shape())
+
+    from bard_jax.train import setup  # the pieces that touch data, weights and objectives
+
+    if args.dry_run:
+        from bard_jax.train.dry_run import dry_run
+
+        print(dry_run(cfg, mesh))
+        return 0
+
+    # --- data, model config, objective
+    run = setup.prepare_run(cfg)  # validates paths, teacher compatibility, batch sizes; builds the data stream
+    model_config = run.model_config
+    accum = cfg.data.global_batch_size // cfg.data.micro_batch_size
+
+    # --- state: restore, or init (already sharded)
+    os.makedirs(cfg.workdir, exist_ok=True)
+    ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    fingerprint = setup.fingerprint(cfg, model_config)
+    params_abstract = setup.abstract_params(cfg, model_config)
+    p_shard = param_shardings(params_abstract, mesh)
+    tx, schedules = make_optimizer(cfg.optim, cfg.steps, params_abstract)
+    state_abstract = jax.eval_shape(lambda p: init_state(p, tx, cfg.seed), params_abstract)
+    state_shard = state_shardings(state_abstract, p_shard, mesh)
+
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, meta = ckpt.restore(latest, abstract_like(state_abstract, state_shard), fingerprint)
+        run.data.set_state(meta["data_state"])
+        start_step = int(meta["step"])
+    else:
+        params = setup.initial_params(cfg, model_config, mesh)
+        state = jax.jit(lambda p: init_state(p, tx, cfg.seed), out_shardings=state_shard)(params)
+        del params
+        start_step = 0
+    teacher = setup.teacher_params(cfg, model_config, mesh)
+
+    # --- compile
+    step_fn = make_train_step(run.loss_fn, tx, schedules, global_batch_size=cfg.data.global_batch_size)
+    batch_shard = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+    teacher_shard = None if teacher is None else param_shardings(teacher, mesh)
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(state_shard, batch_shard, teacher_shard),
+        out_shardings=(state_shard, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+    # --- loop
+    writer = MetricsWriter(cfg.workdir, cfg.steps, start_step)
+    stop = StopFlag().install()
+    writer.message(
+        f"[bard_jax.train] {cfg.name}: objective={cfg.objective.kind} b={cfg.objective.block_size} "
+        f"steps {start_step}->{cfg.steps} mesh={dict(mesh.shape)} workdir={cfg.workdir}"
+    )
+    step = start_step
+    last_saved = start_step if latest is not None else None
+    try:
+        while step < cfg.steps:
+            host_batch = run.data.next_batch()
+            batch = device_batch(host_batch, accum, batch_shard)
+            t0 = time.time()
+            state, metrics = train_step(state, batch, teacher)
+            metrics = jax.device_get(metrics)
+            if not bool(metrics["finite"]):
+                ids = np.asarray(host_batch.get("example_index", [])).tolist()
+                raise TrainingError(
+                    f"non-finite loss at step {step + 1} (loss={float(metrics['loss'])}, "
+                    f"grad_norm={float(metrics['grad_norm'])}) on examples {ids}; the update was not applied and "
+                    f"the last good checkpoint ({last_saved}) is kept in {ckpt.directory}"
+                )
+            step += 1
+            metrics["step_seconds"] = time.time() - t0
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                writer.write(step, {k: v for k, v in metrics.items() if k != "finite"})
+            writer.advance()
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.stop:
+                save(ckpt, step, state, run, fingerprint)
+                last_saved = step
+            if stop.stop:
+                writer.message(f"[bard_jax.train] {stop.signal_name}: saved step {step}, exiting; re-run to resume")
+                return 0
+    finally:
+        stop.restore()
+        writer.close()
+
+    # --- export
+    setup.export(cfg, model_config, state.params, run)
+    ckpt.close()
+    return 0
+
+
+def save(ckpt: Checkpointer, step: int, state: TrainState, run: Any, fingerprint: dict[str, Any]) -> None:
+    meta = {"step": step, "data_state": run.data.get_state(), "fingerprint": fingerprint}
+    ckpt.save(step, state, json.loads(json.dumps(meta)))
+
+
+def state_shardings(state_abstract: TrainState, p_shard: Any, mesh) -> TrainState:
+    """Params by the rules; optimizer moments like their params; scalars replicated."""
+    rep = replicated(mesh)
+
+    def opt_leaf(path, x):
+        # optax states hold param-shaped moments under the same tree paths as the params (after the group prefix).
+        sub = _match_param_sharding(path, x, state_abstract.params, p_shard)
+        return sub if sub is not None else rep
+
+    opt_shard = jax.tree_util.tree_map_with_path(opt_leaf, state_abstract.opt_state)
+    return TrainState(step=rep, params=p_shard, opt_state=opt_shard, rng=rep)
+
+
+def _match_param_sharding(path, x, params, p_shard):
+    """The sharding of the param whose path is a suffix of this optimizer-state leaf's path (and same shape)."""
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+    node, snode = params, p_shard
+    for start in range(len(keys)):
+        node, snode = params, p_shard
+        ok = True
+        for k in keys[start:]:
+            if isinstance(node, dict) and k in node:
+                node, snode = node[k], snode[k]
+            else:
+                ok = False
+                break
+        if ok and hasattr(node, "shape") and tuple(node.shape) == tuple(x.shape):
+            return snode
+    return None
+
+
+def device_batch(host_batch: dict[str, np.ndarray], accum: int, sharding) -> dict[str, jax.Array]:
+    """[B, ...] host arrays -> [A, B/A, ...] global arrays, the micro-batch axis sharded over (data, fsdp)."""
+    out = {}
+    for k, v in host_batch.items():
+        v = np.asarray(v)
+        if v.ndim == 0 or k.startswith("_"):
+            continue
+        out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
+    if jax.process_count() > 1:  # each host holds its own slice of the global batch
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in out.items()}
+    return jax.device_put(out, sharding)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
