@@ -101,3 +101,36 @@ def text_positions(
         image_token_id=config.image_token_id, video_token_id=config.video_token_id,
         spatial_merge_size=config.vision.spatial_merge_size, xp=jnp,
     )
+
+
+def batched_vision_inputs(
+    config: ModelConfig, pixels_bpc: jax.Array, grid_bi3: jax.Array, input_ids_bt: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """Vision inputs kept per example (the layout that shards over the batch axis).
+
+    Args:
+      pixels_bpc: [B, P, C] each example's pixel rows (its images in order, then padding rows).
+      grid_bi3: [B, I, 3] each example's image grids (zero rows = padding).
+      input_ids_bt: [B, T] token ids (image pads take their own example's windows, in order).
+    Returns:
+      pixels [B*P, C], patch metadata over B*P rows (segments never cross examples), window index [B, T].
+    """
+    v = config.vision
+    b, p, c = pixels_bpc.shape
+    if p % v.merge_unit:
+        raise ValueError(f"per-example pixel rows {p} not a multiple of the merge unit {v.merge_unit}")
+
+    def one(grid_i3: jax.Array) -> dict[str, jax.Array]:
+        return vision_patch_metadata(
+            grid_i3, p, spatial_merge_size=v.spatial_merge_size, num_grid_per_side=v.num_grid_per_side, xp=jnp
+        )
+
+    meta = jax.vmap(one)(jnp.asarray(grid_bi3, jnp.int32))
+    # Distinct segment ids per example (p bounds the number of segments of one example); padding stays negative.
+    offset = (jnp.arange(b, dtype=jnp.int32) * p)[:, None]
+    meta["segment"] = jnp.where(meta["segment"] >= 0, meta["segment"] + offset, -1)
+    meta = {k: x.reshape((b * p,) + x.shape[2:]) for k, x in meta.items()}
+    is_img = input_ids_bt == config.image_token_id
+    rank = jnp.cumsum(is_img, axis=-1) - 1
+    windows = jnp.where(is_img, rank + offset // v.merge_unit, 0).astype(jnp.int32)
+    return pixels_bpc.reshape(b * p, c), meta, windows
