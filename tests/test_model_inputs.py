@@ -1,0 +1,70 @@
+"""Model input plumbing: per-example vision layout and MRoPE positions against transformers' get_rope_index."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen3VLForConditionalGeneration
+
+import bard_jax as bj
+from bard_jax.model.attention import TokenInfo
+from bard_jax.model.inputs import batched_vision_inputs, text_positions
+from bard_jax.model.positions import rope_position_ids
+from bard_jax.model.vlm import Qwen3VL
+from bard_jax.modeling import network
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = bj.preset("tiny")
+    return bj.Model(bj.init_params(cfg, jax.random.key(0)), cfg)
+
+
+def test_per_example_vision_layout_equals_separate_forwards(tiny):
+    cfg, params = tiny.config, tiny.params
+    img = cfg.image_token_id
+    ids = np.array([[5, 6] + [img] * 6 + [7, 8, img, 9, 9], [5] + [img] * 4 + [7] * 8])
+    grids = np.array([[[1, 4, 6], [1, 2, 2]], [[1, 4, 4], [0, 0, 0]]])
+    rng = np.random.default_rng(0)
+    pv0 = rng.standard_normal((28, 1536)).astype(np.float32)
+    pv1 = rng.standard_normal((16, 1536)).astype(np.float32)
+    pixels = np.zeros((2, 32, 1536), np.float32)
+    pixels[0, :28], pixels[1, :16] = pv0, pv1
+    refs = [
+        bj.forward(tiny, ids[:1], pixel_values=pv0, image_grid_thw=grids[0]),
+        bj.forward(tiny, ids[1:], pixel_values=pv1, image_grid_thw=grids[1][:1]),
+    ]
+    net, p = network(cfg), {"params": params}
+    pix, meta, windows = batched_vision_inputs(cfg, pixels, grids, ids)
+    vision = net.apply(p, pix, meta, method=Qwen3VL.encode_vision)
+    x, deep = net.apply(p, jnp.asarray(ids), vision, windows, method=Qwen3VL.embed)
+    pos = jnp.concatenate([text_positions(cfg, ids[i : i + 1], np.ones((1, 13), bool), grids[i])[0] for i in (0, 1)], 1)
+    h, _ = net.apply(p, x, pos, TokenInfo.causal(jnp.ones((2, 13), bool)), deep, method=Qwen3VL.decode)
+    logits = net.apply(p, h, method=Qwen3VL.logits)
+    for i in (0, 1):
+        np.testing.assert_allclose(np.asarray(logits[i]), np.asarray(refs[i][0]), atol=1e-5)
+
+
+def test_positions_match_hf_get_rope_index_numpy_and_jax(tmp_path):
+    from test_model_parity import tiny_hf_config
+
+    hf = Qwen3VLForConditionalGeneration(tiny_hf_config(True))
+    img, vid, vs, ve = 500, 501, 502, 503
+    a = [1, 2, vs] + [img] * 6 + [ve, 3, vs] + [vid] * 4 + [ve, 4, vs] + [vid] * 4 + [ve, 5]
+    b = [1, vs] + [img] * 4 + [ve, 2, 3, vs] + [img] * 6 + [ve]
+    length = max(len(a), len(b)) + 3
+    ids = np.full((2, length), 7)
+    mask = np.zeros_like(ids)
+    ids[0, length - len(a):], mask[0, length - len(a):] = a, 1  # left padding
+    ids[1, : len(b)], mask[1, : len(b)] = b, 1  # right padding
+    types = np.where(ids == img, 1, np.where(ids == vid, 2, 0)) * mask
+    igrid, vgrid = np.array([[1, 4, 6], [1, 4, 4], [1, 6, 4]]), np.array([[2, 4, 4]])
+    ref, delta = hf.model.get_rope_index(torch.tensor(ids), torch.tensor(types), torch.tensor(igrid),
+                                         torch.tensor(vgrid), torch.tensor(mask))
+    for xp in (np, jnp):
+        pos, nxt = rope_position_ids(ids, mask, igrid, vgrid, image_token_id=img, video_token_id=vid,
+                                     spatial_merge_size=2, xp=xp)
+        real = mask.astype(bool)
+        np.testing.assert_array_equal(np.asarray(pos)[:, real], ref.numpy()[:, real])
+        np.testing.assert_array_equal(np.asarray(nxt), delta.numpy()[:, 0] + mask.sum(1))
