@@ -12,6 +12,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bard_jax.config import ModelConfig
 from bard_jax.model.attention import TokenInfo
@@ -59,8 +60,9 @@ def network(
 def init_params(config: ModelConfig, rng: jax.Array, dtype: Any = "float32") -> Any:
     """Random parameters for `config` (tests, demos, benchmarks). Returns the nested params dict."""
     v = config.vision
-    grid = jnp.array([[1, 2 * v.spatial_merge_size, 2 * v.spatial_merge_size]], jnp.int32)
-    p = int(grid.prod())
+    side = 2 * v.spatial_merge_size
+    grid = np.array([[1, side, side]], np.int32)
+    p = side * side
     meta = vision_patch_metadata(
         grid, p, spatial_merge_size=v.spatial_merge_size, num_grid_per_side=v.num_grid_per_side, xp=jnp
     )
