@@ -216,7 +216,9 @@ class ModelConfig:
         if t.head_dim % 2:
             problems.append(f"text head_dim {t.head_dim} must be even")
         if v.hidden_size % v.num_heads or (v.hidden_size // v.num_heads) % 4:
-            problems.append(f"vision hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head dim % 4 == 0")
+            problems.append(
+                f"vision hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head dim % 4 == 0"
+            )
         if v.out_hidden_size != t.hidden_size:
             problems.append(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
         if v.num_grid_per_side**2 != v.num_position_embeddings:
@@ -254,7 +256,9 @@ class ModelConfig:
             max_position_embeddings=t.max_position_embeddings, hidden_act=t.hidden_act,
             attention_bias=t.attention_bias,
         )
-        rope = {"rope_type": "default", "mrope_section": list(t.mrope_section), "mrope_interleaved": t.mrope_interleaved}
+        rope = {
+            "rope_type": "default", "mrope_section": list(t.mrope_section), "mrope_interleaved": t.mrope_interleaved
+        }
         if self.hf_dialect == "4.x":
             tc.pop("rope_parameters", None)
             tc["rope_theta"] = t.rope_theta

@@ -414,7 +414,9 @@ def export_hf(
         weight_map = {}
         with _progress(total, "exporting") as advance:
             for k, shard in enumerate(shards):
-                fname = "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+                fname = (
+                    "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+                )
                 tensors = {}
                 for name, entry, i in shard:
                     leaf = _get(params, entry.path)

@@ -45,7 +45,7 @@ class Model:
         return jax.tree_util.tree_leaves(self.params)[0].dtype
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def network(
     config: ModelConfig,
     dtype: Any = None,

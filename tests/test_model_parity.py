@@ -192,7 +192,7 @@ def test_bf16_checkpoint(tmp_path):
 
     bf16 has 8 mantissa bits (relative step 2^-8 ~ 0.4%); three layers of bf16 matmuls accumulate a few such steps.
     """
-    hf = make_checkpoint(tmp_path, tied=True, dtype=torch.bfloat16)
+    make_checkpoint(tmp_path, tied=True, dtype=torch.bfloat16)
     hf_bf16 = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     model = bj.load_pretrained(tmp_path, dtype="bfloat16")
     assert model.dtype == jax.numpy.bfloat16

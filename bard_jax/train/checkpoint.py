@@ -51,7 +51,9 @@ class Checkpointer:
         meta = self.read_meta(step)
         saved = meta.get("fingerprint", {})
         diffs = [
-            f"{k}: checkpoint has {saved.get(k)!r}, recipe has {v!r}" for k, v in fingerprint.items() if saved.get(k) != v
+            f"{k}: checkpoint has {saved.get(k)!r}, recipe has {v!r}"
+            for k, v in fingerprint.items()
+            if saved.get(k) != v
         ]
         if diffs:
             raise CheckpointMismatchError(
