@@ -15,6 +15,7 @@ Every problem (missing, unexpected or mis-shaped tensors, unreadable files) is c
 from __future__ import annotations
 
 import contextlib
+import gc
 import dataclasses
 import glob
 import json
@@ -300,8 +301,13 @@ def load_hf_params(
                 advance(arr.nbytes)
                 del arr
             sharding = sharding_fn(entry.path, buf.shape) if sharding_fn else None
-            _set(params, entry.path, jax.device_put(buf, sharding) if sharding is not None else jax.device_put(buf))
-            del buf
+            arr = jax.device_put(buf, sharding) if sharding is not None else jax.device_put(buf)
+            arr.block_until_ready()
+            _set(params, entry.path, arr)
+            # device_put keeps the host buffer alive in a reference cycle; collect it now so that at most one
+            # parameter's host copy exists at any time (the peak-RSS guarantee of this loader).
+            del buf, arr
+            gc.collect()
     if config.tie_word_embeddings and "lm_head.weight" in files:
         st = files["lm_head.weight"]
         head = st.read(_source_key(st, "lm_head.weight"))
