@@ -15,8 +15,8 @@ Every problem (missing, unexpected or mis-shaped tensors, unreadable files) is c
 from __future__ import annotations
 
 import contextlib
-import gc
 import dataclasses
+import gc
 import glob
 import json
 import os
@@ -501,8 +501,29 @@ def load_converted(
     params_dir = os.path.join(path, "params")
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{path}: missing params/ directory")
-    try:
-        params = ocp.StandardCheckpointer().restore(params_dir, target_tree)
-    except Exception as e:  # orbax raises many types; name the directory
-        raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(e).__name__}: {e})") from e
+    ckptr = ocp.PyTreeCheckpointer()
+    leaves = jax.tree_util.tree_flatten_with_path(target_tree)[0]
+    total = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for _, x in leaves)
+    # Orbax stages each array on the host before placing it, so restoring a large tree at once would hold every
+    # parameter twice: above 256 MB restore one parameter per call (slower, bounded memory).
+    groups = [leaves] if total < 256 * 2**20 else [[leaf] for leaf in leaves]
+    params: dict[str, Any] = {}
+    for group in groups:
+        item: dict[str, Any] = {}
+        for key_path, leaf in group:
+            _set(item, tuple(getattr(k, "key", k) for k in key_path), leaf)
+        restore_args = jax.tree_util.tree_map(
+            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), item
+        )
+        try:
+            got = ckptr.restore(
+                params_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+            )
+        except Exception as e:  # orbax raises many types; name the directory and the parameter
+            raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(e).__name__}: {e})") from e
+        for key_path, _ in group:
+            keys = tuple(getattr(k, "key", k) for k in key_path)
+            _set(params, keys, _get(got, keys))
+        del got
+        gc.collect()
     return params, config, raw
