@@ -227,6 +227,9 @@ class ModelConfig:
             problems.append(f"deepstack_visual_indexes {list(v.deepstack_visual_indexes)} outside [0, {v.depth})")
         if len(v.deepstack_visual_indexes) > t.num_hidden_layers:
             problems.append("more deepstack taps than text layers")
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+            if not 0 <= getattr(self, name) < t.vocab_size:
+                problems.append(f"{name} {getattr(self, name)} outside the vocabulary [0, {t.vocab_size})")
         if t.hidden_act != "silu":
             problems.append(f"text hidden_act {t.hidden_act!r} unsupported (only 'silu')")
         if v.hidden_act != "gelu_pytorch_tanh":
@@ -331,7 +334,7 @@ PRESETS: dict[str, ModelConfig] = {
         VisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                      num_position_embeddings=64, deepstack_visual_indexes=(0,)),
         tie=True,
-    ),
+    ).replace(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003),
 }
 
 
