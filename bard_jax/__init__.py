@@ -5,7 +5,8 @@ Public API (see README):
   diffusion.packed_logits, data.Processor
 """
 
+from bard_jax import diffusion
 from bard_jax.config import ModelConfig, preset
 from bard_jax.modeling import Model, forward, init_params, load_pretrained
 
-__all__ = ["Model", "ModelConfig", "forward", "init_params", "load_pretrained", "preset"]
+__all__ = ["diffusion", "Model", "ModelConfig", "forward", "init_params", "load_pretrained", "preset"]

@@ -1,0 +1,205 @@
+"""Training objectives: PBM (weighted CE), SWD (top-k distillation + CE), and the AR baseline (spec section 5).
+
+Letters: B batch, L tokens, S supervised slots, D width, V vocab, K teacher top-k.
+
+The LM head is applied only at supervised positions: hidden states are gathered first ([B, S, D]) and the logits
+are computed in chunks of slots under `jax.checkpoint`, so neither an [L, V] nor a full [S, V] float32 tensor has
+to stay alive for the backward pass. All loss math is float32. Every loss is already divided by the *global*
+number of samples (all micro-batches, all devices), so micro-batch losses and gradients simply add up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bard_jax.config import ModelConfig
+from bard_jax.diffusion.layout import token_info
+from bard_jax.diffusion.noise import NoiseConfig, corrupt_batch
+from bard_jax.model.attention import NOISY, TokenInfo
+from bard_jax.model.inputs import batched_vision_inputs
+from bard_jax.model.vlm import Qwen3VL
+from bard_jax.modeling import network, resolve_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: str = "pbm"  # ar | pbm | swd
+    block_size: int = 4
+    noise: NoiseConfig = NoiseConfig()
+    clean_sees_noisy: bool = True
+    teacher_block_size: int = 4
+    top_k: int = 16
+    ce_weight: float = 1.0
+    kd_weight: float = 0.5
+    temperature: float = 1.0
+    remat_policy: str = "none"
+    compute_dtype: str = "float32"
+    logits_chunk: int = 256  # supervised slots per head chunk
+
+    def __post_init__(self):
+        if self.kind not in ("ar", "pbm", "swd"):
+            raise ValueError(f"unknown objective {self.kind!r}; expected ar, pbm or swd")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.kind == "swd" and self.block_size % self.teacher_block_size:
+            raise ValueError(
+                f"teacher block size {self.teacher_block_size} must divide the student block size {self.block_size}"
+            )
+
+
+def _hidden(model_config: ModelConfig, obj: ObjectiveConfig, params: Any, batch: dict, info: TokenInfo):
+    """Final hidden states [B, L, D] of a (packed or plain) batch."""
+    net = network(model_config, resolve_dtype(obj.compute_dtype), obj.remat_policy, False, obj.clean_sees_noisy)
+    p = {"params": params}
+    vision = None
+    windows = None
+    if "pixel_values" in batch:
+        pix, meta, windows = batched_vision_inputs(model_config, batch["pixel_values"], batch["image_grid_thw"],
+                                                   batch["input_ids"])
+        vision = net.apply(p, pix, meta, method=Qwen3VL.encode_vision)
+    x, deep = net.apply(p, batch["input_ids"], vision, windows, method=Qwen3VL.embed)
+    h, _ = net.apply(p, x, batch["positions"], info, deep, method=Qwen3VL.decode)
+    return net, p, h
+
+
+def _chunked(fn, chunk: int, *arrays):
+    """Apply fn over chunks of the slot axis (axis 1) with rematerialisation; outputs concatenated on axis 1."""
+    s = arrays[0].shape[1]
+    chunk = min(chunk, s)
+    n = -(-s // chunk)
+    pad = n * chunk - s
+    padded = [jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+    split = [a.reshape((a.shape[0], n, chunk) + a.shape[2:]).swapaxes(0, 1) for a in padded]
+    outs = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs)), tuple(split))
+    return jax.tree_util.tree_map(lambda o: o.swapaxes(0, 1).reshape((o.shape[1], n * chunk) + o.shape[3:])[:, :s],
+                                  outs)
+
+
+def _ce(net, p, h_bsd, labels_bs):
+    """Cross-entropy [B, S] (float32) of labels under the head's logits at the given hidden states."""
+
+    def f(h, y):
+        logits = net.apply(p, h, method=Qwen3VL.logits).astype(jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        return lse - jnp.take_along_axis(logits, jnp.maximum(y, 0)[..., None], axis=-1)[..., 0]
+
+    return f(h_bsd, labels_bs)
+
+
+def weighted_ce(ce_bs, supervised_bs, t_bs, response_len_b, global_num_samples: int) -> jax.Array:
+    """PBM normalisation: sum_s ce/t over supervised slots, / R per sample, summed, / global sample count.
+
+    t <= 0 at a supervised slot is an error of the corruption; it is clamped to 1e-12 (a huge, finite weight
+    that the NaN guard of the train step will report) rather than silently producing inf.
+    """
+    weight = jnp.where(supervised_bs, 1.0 / jnp.maximum(t_bs, 1e-12), 0.0)
+    per_sample = jnp.sum(ce_bs * weight, axis=1) / jnp.maximum(response_len_b, 1).astype(jnp.float32)
+    return jnp.sum(per_sample) / global_num_samples
+
+
+def topk_kd(z_sv: jax.Array, zt_sv: jax.Array, top_k: int, temperature: float) -> jax.Array:
+    """Per-position KD [..]: -sum_k softmax(v/T)_k * log_softmax(z/T)[I_k] over the teacher's top-k (v, I).
+
+    The teacher distribution is renormalised over its top-k only; the student is normalised over the full
+    vocabulary. Its gradient is that of the forward KL restricted to the teacher's top-k; no T^2 factor.
+    """
+    v, ids = jax.lax.top_k(zt_sv, top_k)
+    q = jax.nn.softmax(v / temperature, axis=-1)
+    logp = jax.nn.log_softmax(z_sv / temperature, axis=-1)
+    return -jnp.sum(q * jnp.take_along_axis(logp, ids, axis=-1), axis=-1)
+
+
+def pbm_loss(params, batch, seed_key, *, model_config, obj: ObjectiveConfig, global_num_samples: int):
+    """Weighted CE over supervised noisy positions: weight 1/t, per-sample sum / R, sum over samples / N_global."""
+    batch = corrupt_batch(batch, seed_key, obj.block_size, obj.noise)
+    net, p, h = _hidden(model_config, obj, params, batch, token_info(batch, obj.block_size))
+    h_s = jnp.take_along_axis(h, batch["noisy_index"][..., None], axis=1)
+    ce = _chunked(lambda hh, yy: _ce(net, p, hh, yy), obj.logits_chunk, h_s, batch["clean_tokens"])
+    sup = batch["supervised"]
+    loss = weighted_ce(ce, sup, batch["t"], batch["response_len"], global_num_samples)
+    metrics = {
+        "pbm_loss": loss,
+        "supervised_tokens": jnp.sum(sup).astype(jnp.float32),
+        "ce_supervised_sum": jnp.sum(jnp.where(sup, ce, 0.0)),
+    }
+    return loss, metrics
+
+
+def swd_loss(params, batch, seed_key, teacher_params, *, model_config, obj: ObjectiveConfig,
+             global_num_samples: int, teacher_config: ModelConfig | None = None):
+    """ce_weight * CE + kd_weight * top-k KD at the masked noisy positions; teacher under stop_gradient.
+
+    Per sample: both terms are means over its masked tokens (the release normalises per micro-batch of one
+    sample); a sample without a masked token contributes zero and still counts in the global sample count.
+    """
+    batch = corrupt_batch(batch, seed_key, obj.block_size, obj.noise)
+    net, p, h = _hidden(model_config, obj, params, batch, token_info(batch, obj.block_size))
+    t_obj = dataclasses.replace(obj, remat_policy="none")
+    tnet, tp, th = _hidden(teacher_config or model_config, t_obj, jax.lax.stop_gradient(teacher_params), batch,
+                           token_info(batch, obj.teacher_block_size))
+    idx = batch["noisy_index"][..., None]
+    h_s = jnp.take_along_axis(h, idx, axis=1)
+    th_s = jax.lax.stop_gradient(jnp.take_along_axis(th, idx, axis=1))
+    temp = obj.temperature
+
+    def chunk(hh, thh, yy):
+        z = net.apply(p, hh, method=Qwen3VL.logits).astype(jnp.float32)
+        zt = jax.lax.stop_gradient(tnet.apply(tp, thh, method=Qwen3VL.logits).astype(jnp.float32))
+        kd = topk_kd(z, zt, obj.top_k, temp)
+        lse = jax.nn.logsumexp(z, axis=-1)
+        ce = lse - jnp.take_along_axis(z, jnp.maximum(yy, 0)[..., None], axis=-1)[..., 0]
+        return ce, kd
+
+    ce, kd = _chunked(chunk, obj.logits_chunk, h_s, th_s, batch["clean_tokens"])
+    sel = batch["is_mask"]
+    n = jnp.sum(sel, axis=1).astype(jnp.float32)
+    ce_s = jnp.sum(jnp.where(sel, ce, 0.0), axis=1) / jnp.maximum(n, 1.0)
+    kd_s = jnp.sum(jnp.where(sel, kd, 0.0), axis=1) / jnp.maximum(n, 1.0)
+    ce_loss = jnp.sum(ce_s) / global_num_samples
+    kd_loss = jnp.sum(kd_s) / global_num_samples
+    loss = obj.ce_weight * ce_loss + obj.kd_weight * kd_loss
+    return loss, {"ce": ce_loss, "kd": kd_loss, "masked_tokens": jnp.sum(n)}
+
+
+def ar_loss(params, batch, *, model_config, obj: ObjectiveConfig, global_num_samples: int):
+    """Token-causal next-token CE over response tokens; per-sample mean, sum over samples / N_global.
+
+    Uses the clean part of a packed batch (`[prefix | clean]`, the noisy copy masked out): position i predicts
+    token i + 1.
+    """
+    kind = batch["kind"]
+    valid = batch["valid"] & (kind != NOISY)
+    length = valid.shape[1]
+    info = TokenInfo.causal(valid)
+    net, p, h = _hidden(model_config, obj, params, dict(batch, valid=valid), info)
+    # Supervised slots: the predecessor of each real response token of the clean copy.
+    r_real = batch["real_response_len"]
+    s = batch["noisy_index"].shape[1]
+    slot = jnp.arange(s)[None]
+    target_pos = batch["prefix_len"][:, None] + slot  # clean copy positions
+    pred_pos = jnp.clip(target_pos - 1, 0, length - 1)
+    labels = jnp.take_along_axis(batch["input_ids"], jnp.clip(target_pos, 0, length - 1), axis=1)
+    sup = slot < r_real[:, None]
+    h_s = jnp.take_along_axis(h, pred_pos[..., None], axis=1)
+    ce = _chunked(lambda hh, yy: _ce(net, p, hh, yy), obj.logits_chunk, h_s, labels)
+    per_sample = jnp.sum(jnp.where(sup, ce, 0.0), axis=1) / jnp.maximum(r_real, 1).astype(jnp.float32)
+    loss = jnp.sum(per_sample) / global_num_samples
+    return loss, {"ar_loss": loss, "response_tokens": jnp.sum(sup).astype(jnp.float32)}
+
+
+def loss_fn(params, batch, seed_key, teacher_params=None, *, model_config: ModelConfig, obj: ObjectiveConfig,
+            global_num_samples: int, teacher_config: ModelConfig | None = None):
+    """The objective named by `obj.kind`; returns (loss, metrics)."""
+    if obj.kind == "ar":
+        return ar_loss(params, batch, model_config=model_config, obj=obj, global_num_samples=global_num_samples)
+    if obj.kind == "pbm":
+        return pbm_loss(params, batch, seed_key, model_config=model_config, obj=obj,
+                        global_num_samples=global_num_samples)
+    if teacher_params is None:
+        raise ValueError("the swd objective needs teacher_params")
+    return swd_loss(params, batch, seed_key, teacher_params, model_config=model_config, obj=obj,
+                    global_num_samples=global_num_samples, teacher_config=teacher_config)

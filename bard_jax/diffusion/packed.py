@@ -1,0 +1,54 @@
+"""`bj.diffusion.packed_logits`: logits over the noisy copy of one packed sample (spec section 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from bard_jax.diffusion.layout import collate_packed, pack_sample, token_info
+from bard_jax.model.inputs import batched_vision_inputs
+from bard_jax.model.vlm import Qwen3VL
+from bard_jax.modeling import Model, network
+
+
+def packed_logits(
+    model: Model,
+    prefix_ids: Any,
+    response_ids: Any,
+    noisy_ids: Any,
+    block_size: int,
+    *,
+    pad_token_id: int,
+    pixel_values: Any = None,
+    image_grid_thw: Any = None,
+    clean_sees_noisy: bool = True,
+) -> jnp.ndarray:
+    """Logits [R, V] at the noisy copy of `[prefix | clean | noisy]`.
+
+    `response_ids` is the clean response (padded here with `pad_token_id` to R = ceil(len / b) * b);
+    `noisy_ids` is the corrupted response of length R. clean_sees_noisy=False gives the strict mask.
+    """
+    c = model.config
+    sample = pack_sample(
+        np.asarray(prefix_ids), np.asarray(response_ids), block_size, pad_token_id=pad_token_id,
+        image_token_id=c.image_token_id, video_token_id=c.video_token_id,
+        spatial_merge_size=c.vision.spatial_merge_size, image_grid_thw=image_grid_thw,
+    )
+    r = int(sample["response_len"])
+    noisy = np.asarray(noisy_ids, np.int32)
+    if noisy.shape != (r,):
+        raise ValueError(f"noisy_ids must have the padded response length {r}, got shape {noisy.shape}")
+    sample["input_ids"][-r:] = noisy
+    batch = {k: jnp.asarray(v) for k, v in collate_packed([sample], len(sample["input_ids"]), r).items()}
+    net = network(c, None, "none", False, clean_sees_noisy)
+    p = {"params": model.params}
+    vision, windows = None, None
+    if pixel_values is not None:
+        pixels = jnp.asarray(pixel_values)[None]
+        pix, meta, windows = batched_vision_inputs(c, pixels, jnp.asarray(image_grid_thw)[None], batch["input_ids"])
+        vision = net.apply(p, pix, meta, method=Qwen3VL.encode_vision)
+    x, deep = net.apply(p, batch["input_ids"], vision, windows, method=Qwen3VL.embed)
+    h, _ = net.apply(p, x, batch["positions"], token_info(batch, block_size), deep, method=Qwen3VL.decode)
+    return net.apply(p, h[0, -r:], method=Qwen3VL.logits)
