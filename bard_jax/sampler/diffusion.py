@@ -1,0 +1,238 @@
+"""Block-diffusion decoding in one compiled function: prefill, then nested `lax.while_loop`s over blocks and
+denoising steps, with a preallocated KV cache (spec section 6).
+
+Letters: B batch, P prompt length (bucket), b block size, N blocks, C cache slots = P + N*b, L layers,
+K kv heads, H head dim, V vocab.
+
+Per row: its own prompt length (left padding), positions, EOS. A row that emitted EOS is frozen (its later blocks
+stay mask ids) while the others go on; each row's tokens equal those of decoding it alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bard_jax.model.attention import PLAIN, TokenInfo
+from bard_jax.model.inputs import text_positions, vision_inputs, window_index
+from bard_jax.model.positions import response_positions
+from bard_jax.model.text import KVContext
+from bard_jax.model.vlm import Qwen3VL
+from bard_jax.modeling import Model, network
+from bard_jax.sampler.config import SamplingConfig
+from bard_jax.sampler.select import choose_tokens, select_transfer
+
+# Block id of the block being decoded: larger than any cached block, so it sees the whole valid cache.
+CURRENT_BLOCK = 2**30
+
+
+class SamplerOutput(NamedTuple):
+    tokens: jax.Array  # [B, N*b] int32; unreached blocks hold the mask id
+    stats: dict[str, Any]
+
+
+@flax.struct.dataclass
+class Carry:
+    tokens: jax.Array  # [B, N*b]
+    done: jax.Array  # [B] bool: emitted EOS
+    block: jax.Array  # int32 block index
+    steps: jax.Array  # [B, N] denoising forwards per block per row
+    commits: jax.Array  # [B] commit forwards per row
+    cache_k: jax.Array  # [L, B, C, K, H]
+    cache_v: jax.Array
+    cache_valid: jax.Array  # [B, C]
+    cache_block: jax.Array  # [B, C]
+    key: jax.Array
+
+
+def _forward_block(net, params, tokens_bt, positions_3bt, carry: Carry):
+    """Logits [B, b, V] and current K/V of a block attending to the cache (read only)."""
+    b, t = tokens_bt.shape
+    info = TokenInfo(
+        block=jnp.full((b, t), CURRENT_BLOCK, jnp.int32), kind=jnp.full((b, t), PLAIN, jnp.int32),
+        valid=jnp.ones((b, t), bool),
+    )
+    ctx = KVContext(carry.cache_k, carry.cache_v,
+                    TokenInfo(block=carry.cache_block, kind=jnp.zeros_like(carry.cache_block), valid=carry.cache_valid))
+    x, deep = net.apply(params, tokens_bt, method=Qwen3VL.embed)
+    h, kv = net.apply(params, x, positions_3bt, info, deep, ctx, method=Qwen3VL.decode)
+    return net.apply(params, h, method=Qwen3VL.logits), kv
+
+
+def _write_cache(carry: Carry, kv, start, block_index) -> Carry:
+    k, v = kv
+    b = k.shape[2]
+    rows = carry.cache_valid.shape[0]
+    return carry.replace(
+        cache_k=jax.lax.dynamic_update_slice_in_dim(carry.cache_k, k.astype(carry.cache_k.dtype), start, axis=2),
+        cache_v=jax.lax.dynamic_update_slice_in_dim(carry.cache_v, v.astype(carry.cache_v.dtype), start, axis=2),
+        cache_valid=jax.lax.dynamic_update_slice_in_dim(carry.cache_valid, jnp.ones((rows, b), bool), start, 1),
+        cache_block=jax.lax.dynamic_update_slice_in_dim(
+            carry.cache_block, jnp.full((rows, b), block_index, jnp.int32), start, 1
+        ),
+    )
+
+
+def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, pixels, meta, num_image_windows,
+             image_grid_thw, video_grid_thw, key):
+    """Run the prompt with the block-causal prompt mask; return the initial carry and next positions [B]."""
+    c = net.config
+    b, p = input_ids.shape
+    positions, next_pos = text_positions(c, input_ids, attention_mask, image_grid_thw, video_grid_thw)
+    info = TokenInfo.block_causal(attention_mask, cfg.block_size)
+    vision, windows = None, None
+    if pixels is not None:
+        vision = net.apply(params, pixels, meta, method=Qwen3VL.encode_vision)
+        windows = window_index(c, input_ids, num_image_windows)
+    x, deep = net.apply(params, input_ids, vision, windows, method=Qwen3VL.embed)
+    _, (k, v) = net.apply(params, x, positions, info, deep, method=Qwen3VL.decode)
+    slots = p + cfg.num_blocks * cfg.block_size
+    shape = k.shape[:2] + (slots,) + k.shape[3:]
+    prompt_blocks = jnp.max(info.block, axis=-1) + 1  # per row: ceil(real prompt length / b)
+    carry = Carry(
+        tokens=jnp.full((b, cfg.num_blocks * cfg.block_size), cfg.mask_token_id, jnp.int32),
+        done=jnp.zeros((b,), bool),
+        block=jnp.zeros((), jnp.int32),
+        steps=jnp.zeros((b, cfg.num_blocks), jnp.int32),
+        commits=jnp.zeros((b,), jnp.int32),
+        cache_k=jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, k.dtype), k, 0, axis=2),
+        cache_v=jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, v.dtype), v, 0, axis=2),
+        cache_valid=jnp.concatenate([info.valid, jnp.zeros((b, slots - p), bool)], axis=1),
+        cache_block=jnp.concatenate([info.block, jnp.zeros((b, slots - p), jnp.int32)], axis=1),
+        key=key,
+    )
+    return carry, next_pos, prompt_blocks
+
+
+def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blocks, prompt_len: int) -> Carry:
+    bs = cfg.block_size
+    schedule = jnp.asarray(cfg.transfer_schedule(), jnp.int32)
+    rows = next_pos.shape[0]
+
+    def block_cond(c: Carry):
+        return (c.block < cfg.num_blocks) & ~jnp.all(c.done)
+
+    def block_body(c: Carry) -> Carry:
+        positions = response_positions(next_pos, bs, c.block * bs, xp=jnp)
+        active = ~c.done
+        x0 = jnp.full((rows, bs), cfg.mask_token_id, jnp.int32)
+        kv0 = jax.tree_util.tree_map(
+            lambda a: jnp.zeros(a.shape[:2] + (bs,) + a.shape[3:], a.dtype), (c.cache_k, c.cache_v)
+        )
+
+        def step_cond(s):
+            x, step, _, _, _ = s
+            return (step < cfg.denoising_steps) & jnp.any(active & jnp.any(x == cfg.mask_token_id, axis=-1))
+
+        def step_body(s):
+            x, step, counts, key, _ = s
+            key, sub = jax.random.split(key)
+            logits, kv = _forward_block(net, params, x, positions, c)
+            tok, conf = choose_tokens(logits, cfg, sub)
+            masked = x == cfg.mask_token_id
+            transfer = select_transfer(conf, masked, schedule[step], cfg) & active[:, None]
+            counts = counts + (active & jnp.any(masked, axis=-1)).astype(jnp.int32)
+            return jnp.where(transfer, tok, x), step + 1, counts, key, kv
+
+        x, _, counts, key, last_kv = jax.lax.while_loop(
+            step_cond, step_body, (x0, jnp.zeros((), jnp.int32), jnp.zeros((rows,), jnp.int32), c.key, kv0)
+        )
+        start = c.block * bs
+        tokens = jax.lax.dynamic_update_slice_in_dim(
+            c.tokens, jnp.where(active[:, None], x, jax.lax.dynamic_slice_in_dim(c.tokens, start, bs, 1)), start, 1
+        )
+        steps = jax.lax.dynamic_update_slice_in_dim(c.steps, counts[:, None], c.block, 1)
+        finished = active & jnp.any(x == cfg.eos_token_id, axis=-1)
+        c = c.replace(tokens=tokens, steps=steps, key=key, done=c.done | finished)
+        commit_rows = active & ~finished
+        if cfg.commit == "forward":
+            _, kv = _forward_block(net, params, x, positions, c)
+        else:
+            kv = last_kv
+        c = _write_cache(c, kv, prompt_len + start, prompt_blocks.max() + c.block)
+        return c.replace(commits=c.commits + commit_rows.astype(jnp.int32), block=c.block + 1)
+
+    return jax.lax.while_loop(block_cond, block_body, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_image_windows"))
+def _prefill_jit(model: Model, input_ids, attention_mask, pixels, meta, image_grid_thw, video_grid_thw, key, *,
+                 cfg, num_image_windows):
+    net = network(model.config, None, "none", True)
+    return _prefill(net, {"params": model.params}, cfg, input_ids, attention_mask, pixels, meta, num_image_windows,
+                    image_grid_thw, video_grid_thw, key)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("carry",))
+def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, *, cfg):
+    net = network(model.config, None, "none", True)
+    return _decode(net, {"params": model.params}, cfg, carry, next_pos, prompt_blocks, carry.cache_valid.shape[1]
+                   - cfg.num_blocks * cfg.block_size)
+
+
+def generate(
+    model: Model,
+    input_ids: Any,
+    config: SamplingConfig,
+    attention_mask: Any = None,
+    pixel_values: Any = None,
+    image_grid_thw: Any = None,
+    pixel_values_videos: Any = None,
+    video_grid_thw: Any = None,
+    rng: jax.Array | None = None,
+) -> SamplerOutput:
+    """Block-diffusion decoding of a batch of prompts (left padding marked by `attention_mask`).
+
+    Returns tokens [B, ceil(max_new_tokens / b) * b] and stats: `nfe` [B] (1 prefill + denoising forwards +
+    commits), `nfe_total`, `block_step_counts` [B, N], `tokens_per_forward` [B] (tokens up to and including the
+    first EOS per denoising forward), `prefill_seconds`, `decode_seconds`.
+    """
+    c = model.config
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    for name in ("mask_token_id", "eos_token_id"):
+        if not 0 <= getattr(config, name) < c.text.vocab_size:
+            raise ValueError(f"{name} {getattr(config, name)} outside the vocabulary [0, {c.text.vocab_size})")
+    total = input_ids.shape[1] + config.num_blocks * config.block_size
+    if total > c.text.max_position_embeddings:
+        raise ValueError(f"prompt ({input_ids.shape[1]}) + new tokens ({config.num_blocks * config.block_size}) "
+                         f"exceed the model's max positions {c.text.max_position_embeddings}")
+    mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+    vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+    pixels, meta, n_img = vis if vis is not None else (None, None, 0)
+    key = rng if rng is not None else jax.random.key(0)
+    t0 = time.perf_counter()
+    carry, next_pos, prompt_blocks = _prefill_jit(model, input_ids, mask, pixels, meta, image_grid_thw,
+                                                  video_grid_thw, key, cfg=config, num_image_windows=n_img)
+    jax.block_until_ready(carry)
+    t1 = time.perf_counter()
+    carry = _decode_jit(model, carry, next_pos, prompt_blocks, cfg=config)
+    tokens = jax.block_until_ready(carry.tokens)
+    t2 = time.perf_counter()
+    steps = np.asarray(carry.steps)
+    nfe = 1 + steps.sum(axis=1) + np.asarray(carry.commits)
+    toks = np.asarray(tokens)
+    produced = []
+    for row in toks:
+        eos = np.nonzero(row == config.eos_token_id)[0]
+        upto = row[: eos[0] + 1] if len(eos) else row
+        produced.append(int(np.sum(upto != config.mask_token_id)))
+    produced = np.asarray(produced)
+    stats = {
+        "nfe": nfe,
+        "nfe_total": int(nfe.sum()),
+        "block_step_counts": steps,
+        "denoising_forwards": steps.sum(axis=1),
+        "generated_tokens": produced,
+        "tokens_per_forward": produced / np.maximum(steps.sum(axis=1), 1),
+        "prefill_seconds": t1 - t0,
+        "decode_seconds": t2 - t1,
+    }
+    return SamplerOutput(tokens, stats)
