@@ -108,14 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- compile
     step_fn = make_train_step(run.loss_fn, tx, schedules, global_batch_size=cfg.data.global_batch_size)
-    batch_shard = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
     teacher_shard = None if teacher is None else param_shardings(teacher, mesh)
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(state_shard, batch_shard, teacher_shard),
-        out_shardings=(state_shard, replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = None  # compiled on the first batch, once its keys are known
 
     # --- loop
     writer = MetricsWriter(cfg.workdir, cfg.steps, start_step)
@@ -129,7 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while step < cfg.steps:
             host_batch = run.data.next_batch()
-            batch = device_batch(host_batch, accum, batch_shard)
+            batch, batch_shard = device_batch(host_batch, accum, mesh)
+            if train_step is None:
+                train_step = jax.jit(
+                    step_fn,
+                    in_shardings=(state_shard, batch_shard, teacher_shard),
+                    out_shardings=(state_shard, replicated(mesh)),
+                    donate_argnums=(0,),
+                )
             t0 = time.time()
             state, metrics = train_step(state, batch, teacher)
             metrics = jax.device_get(metrics)
@@ -197,17 +198,23 @@ def _match_param_sharding(path, x, params, p_shard):
     return None
 
 
-def device_batch(host_batch: dict[str, np.ndarray], accum: int, sharding) -> dict[str, jax.Array]:
-    """[B, ...] host arrays -> [A, B/A, ...] global arrays, the micro-batch axis sharded over (data, fsdp)."""
-    out = {}
+def device_batch(host_batch: dict[str, np.ndarray], accum: int, mesh) -> tuple[dict, dict]:
+    """[B, ...] host arrays -> [A, B/A, ...] global arrays (A micro-batches), the example axis sharded over
+    (data, fsdp). `positions` [3, B, L] becomes [A, 3, B/A, L]."""
+    out, shardings = {}, {}
     for k, v in host_batch.items():
         v = np.asarray(v)
-        if v.ndim == 0 or k.startswith("_"):
-            continue
-        out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
+        if k == "positions":
+            v = v.reshape((3, accum, v.shape[1] // accum) + v.shape[2:]).swapaxes(0, 1)
+            spec = PartitionSpec(None, None, ("data", "fsdp"))
+        else:
+            v = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
+            spec = PartitionSpec(None, ("data", "fsdp"))
+        out[k] = v
+        shardings[k] = NamedSharding(mesh, spec)
     if jax.process_count() > 1:  # each host holds its own slice of the global batch
-        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in out.items()}
-    return jax.device_put(out, sharding)
+        return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in out.items()}, shardings
+    return {k: jax.device_put(v, shardings[k]) for k, v in out.items()}, shardings
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""The embedded default task: small drawn scenes and questions that need the image, with a word-level tokenizer.
+
+  python -m bard_jax.data.synthetic --out DIR --n N --seed S [--n-eval M]
+
+writes DIR/tokenizer/ (an HF tokenizer + chat template + Qwen3-VL-style preprocessor_config.json + task.json),
+DIR/images/*.png, DIR/train.jsonl and DIR/eval.jsonl (disjoint scenes). The same seed gives the same bytes.
+
+A scene is a 2 x 2 or 2 x 3 grid of 32-pixel cells; some cells hold a shape (circle, square, triangle, diamond) in
+one of five colours with a digit drawn on it. Question types:
+  count   "how many red shapes are there ?"          -> "2"                       (1 token)
+  color   "what color is the triangle ?"             -> "blue"                    (unique shapes only)
+  number  "what number is on the square ?"           -> "7"
+  where   "where is the 3 ?"                         -> "top left"                (2 tokens)
+  list    "list the objects in reading order ."      -> "[ { shape : circle , color : red , number : 3 } , ... ]"
+                                                                                   (13 tokens per object, 40+)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
+          "purple": (150, 60, 190)}
+ROWS = ("top", "bottom")
+COLS = {2: ("left", "right"), 3: ("left", "middle", "right")}
+QTYPES = ("count", "color", "number", "where", "list")
+CELL = 32
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>", "<|mask|>"]
+WORDS = (["user", "assistant", "system", "\n", "how", "many", "are", "there", "shapes", "what", "color", "is", "the",
+          "number", "on", "where", "list", "objects", "in", "reading", "order", "shape", "?", ".", ",", ":", "[", "]",
+          "{", "}", "you", "a", "helpful", "assistant"] + list(SHAPES) + list(COLORS) + ["top", "bottom", "left",
+          "middle", "right"] + [str(i) for i in range(10)])
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def draw_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
+    cols = int(rng.choice([2, 3]))
+    img = Image.new("RGB", (cols * CELL, 2 * CELL), (245, 245, 245))
+    d = ImageDraw.Draw(img)
+    cells = [(r, c) for r in range(2) for c in range(cols)]
+    n = int(rng.integers(1, min(4, len(cells)) + 1))
+    chosen = sorted(rng.choice(len(cells), n, replace=False).tolist())
+    objects = []
+    for k in chosen:
+        r, c = cells[k]
+        shape = str(rng.choice(SHAPES))
+        color = str(rng.choice(list(COLORS)))
+        number = int(rng.integers(0, 10))
+        x0, y0 = c * CELL + 3, r * CELL + 3
+        box = (x0, y0, x0 + CELL - 7, y0 + CELL - 7)
+        fill = COLORS[color]
+        if shape == "circle":
+            d.ellipse(box, fill=fill)
+        elif shape == "square":
+            d.rectangle(box, fill=fill)
+        elif shape == "triangle":
+            d.polygon([(x0 + 12, y0), (x0, y0 + 25), (x0 + 25, y0 + 25)], fill=fill)
+        else:
+            d.polygon([(x0 + 12, y0), (x0 + 25, y0 + 12), (x0 + 12, y0 + 25), (x0, y0 + 12)], fill=fill)
+        d.text((x0 + 9, y0 + 7), str(number), fill=(255, 255, 255))
+        objects.append({"shape": shape, "color": color, "number": number, "row": ROWS[r], "col": COLS[cols][c]})
+    return img, objects
+
+
+def make_question(rng: np.random.Generator, objects: list[dict]) -> tuple[str, str, str]:
+    """(question type, question, answer); words separated by single spaces."""
+    unique_shapes = [s for s in SHAPES if sum(o["shape"] == s for o in objects) == 1]
+    unique_numbers = [n for n in range(10) if sum(o["number"] == n for o in objects) == 1]
+    options = ["count", "list"] + (["color", "number"] if unique_shapes else []) + (["where"] if unique_numbers else [])
+    qtype = str(rng.choice(options))
+    if qtype == "count":
+        color = str(rng.choice(list(COLORS)))
+        return qtype, f"how many {color} shapes are there ?", str(sum(o["color"] == color for o in objects))
+    if qtype == "color":
+        shape = str(rng.choice(unique_shapes))
+        return qtype, f"what color is the {shape} ?", next(o["color"] for o in objects if o["shape"] == shape)
+    if qtype == "number":
+        shape = str(rng.choice(unique_shapes))
+        return qtype, f"what number is on the {shape} ?", str(next(o["number"] for o in objects if o["shape"] == shape))
+    if qtype == "where":
+        n = int(rng.choice(unique_numbers))
+        o = next(o for o in objects if o["number"] == n)
+        return qtype, f"where is the {n} ?", f"{o['row']} {o['col']}"
+    items = [f"{{ shape : {o['shape']} , color : {o['color']} , number : {o['number']} }}" for o in objects]
+    return qtype, "list the objects in reading order .", "[ " + " , ".join(items) + " ]"
+
+
+def build_tokenizer(out_dir: str) -> None:
+    """A word-level HF tokenizer with Qwen-style specials, a mask token and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {}
+    for w in dict.fromkeys(WORDS):
+        vocab[w] = len(vocab)
+    vocab["<unk>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(" ", behavior="removed"), pre_tokenizers.Split("\n", behavior="isolated")]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>")
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS})
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    ids = {t: fast.convert_tokens_to_ids(t) for t in SPECIALS}
+    with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16, "temporal_patch_size": 2,
+                   "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                   "size": {"shortest_edge": 64 * 64, "longest_edge": 128 * 128}}, f, indent=2, sort_keys=True)
+    with open(os.path.join(out_dir, "task.json"), "w") as f:
+        json.dump({"vocab_size": len(fast), "mask_token_id": ids["<|mask|>"], "eos_token_id": ids["<|im_end|>"],
+                   "pad_token_id": ids["<|im_end|>"], "special_ids": ids, "question_types": list(QTYPES)}, f,
+                  indent=2, sort_keys=True)
+
+
+def write_split(out: str, name: str, n: int, rng: np.random.Generator, start: int) -> None:
+    with open(os.path.join(out, f"{name}.jsonl"), "w") as f:
+        for i in range(n):
+            img, objects = draw_scene(rng)
+            qtype, question, answer = make_question(rng, objects)
+            rel = f"images/{name}_{start + i:06d}.png"
+            img.save(os.path.join(out, rel), optimize=False)
+            record = {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "image": rel}, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+                ],
+                "meta": {"qtype": qtype, "answer": answer},
+            }
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def generate(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    build_tokenizer(os.path.join(out, "tokenizer"))
+    write_split(out, "train", n, np.random.default_rng([seed, 0]), 0)
+    write_split(out, "eval", n_eval, np.random.default_rng([seed, 1]), 0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    generate(a.out, a.n, a.seed, a.n_eval)
+    print(f"wrote {a.n} train and {a.n_eval} eval samples to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
