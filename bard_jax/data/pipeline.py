@@ -35,6 +35,7 @@ class PipelineConfig:
     global_batch_size: int = 8
     block_size: int = 4  # response padding / layout block size (1 for the AR objective)
     length_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192)
+    response_buckets: tuple[int, ...] = (16, 64, 256, 1024, 4096)
     pixel_rows: int = 256  # per-example pixel rows (static); images beyond are an error for that sample
     max_images: int = 2
     seed: int = 0
@@ -112,6 +113,8 @@ class TrainStream:
             )
             if len(sample["input_ids"]) > max(self.cfg.length_buckets):
                 raise DataError(f"packed length {len(sample['input_ids'])} exceeds the largest bucket")
+            if int(sample["response_len"]) > max(self.cfg.response_buckets):
+                raise DataError(f"response length {int(sample['response_len'])} exceeds the largest bucket")
         except (DataError, LayoutError) as e:
             if self.cfg.strict:
                 raise DataError(f"{rec.get('_where', '?')}: {e}") from e
@@ -144,8 +147,8 @@ class TrainStream:
         length = max(len(s["input_ids"]) for s in samples)
         bucket = next(b for b in self.cfg.length_buckets if b >= length)
         r = max(int(s["response_len"]) for s in samples)
-        slots = max(self.cfg.block_size, 1 << (r - 1).bit_length())  # power-of-two response slot buckets
-        slots = -(-slots // self.cfg.block_size) * self.cfg.block_size
+        slots = next((b for b in self.cfg.response_buckets if b >= r), r)
+        slots = -(-slots // self.cfg.block_size) * self.cfg.block_size  # whole blocks
         batch = collate_packed(samples, bucket, slots)
         n = len(samples)
         batch["pixel_values"] = np.zeros((n, self.cfg.pixel_rows, self.patch_dim), np.float32)

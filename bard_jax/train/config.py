@@ -34,6 +34,7 @@ class DataSection:
     global_batch_size: int = 8
     micro_batch_size: int = 8  # per optimizer update: global_batch_size / micro_batch_size accumulation steps
     length_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+    response_buckets: tuple[int, ...] = (16, 64, 256, 1024, 4096)  # supervised-slot buckets (padded response)
     patch_buckets: tuple[int, ...] = (256, 1024, 4096, 16384)
     max_images: int = 4
     min_pixels: int = 0  # 0: the processor's setting
@@ -85,6 +86,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     export_hf: bool = True
+    # Stop (checkpoint and exit, as on SIGTERM) once this step is reached; 0 = run to `steps`. Lets a job
+    # scheduler slice a run into time-limited pieces; re-running the same command resumes.
+    stop_at_step: int = 0
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     objective: ObjectiveSection = ObjectiveSection()

@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 writer.write(step, {k: v for k, v in metrics.items() if k != "finite"})
             writer.advance()
+            if cfg.stop_at_step and step >= cfg.stop_at_step and step < cfg.steps:
+                stop.signal_name = f"stop_at_step={cfg.stop_at_step}"
+                stop.request()
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.stop:
                 save(ckpt, step, state, run, fingerprint)
                 last_saved = step

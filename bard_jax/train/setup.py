@@ -134,6 +134,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
     block = obj.block_size if obj.kind != "ar" else 1
     pipe = PipelineConfig(
         global_batch_size=d.global_batch_size, block_size=block, length_buckets=tuple(d.length_buckets),
+        response_buckets=tuple(d.response_buckets),
         pixel_rows=max(d.patch_buckets), max_images=d.max_images, seed=d.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict,
     )

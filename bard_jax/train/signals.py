@@ -23,6 +23,9 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
         self._event.set()
 
+    def request(self) -> None:
+        self._event.set()
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
