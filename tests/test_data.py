@@ -1,0 +1,181 @@
+"""Data: preprocessing parity with transformers, the synthetic task, the packed-batch stream (buckets, resume,
+bad input)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import Qwen3VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from bard_jax.data import DataError, Processor
+from bard_jax.data.image import ImageSettings, process_images
+from bard_jax.data.pipeline import PipelineConfig, TrainStream, read_jsonl
+from bard_jax.data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return str(generate(str(tmp_path_factory.mktemp("syn")), n=120, seed=3, n_eval=20))
+
+
+def hf_image_processor(s: ImageSettings) -> Qwen2VLImageProcessorPil:
+    return Qwen2VLImageProcessorPil(patch_size=s.patch_size, temporal_patch_size=s.temporal_patch_size,
+                                    merge_size=s.merge_size, image_mean=list(s.image_mean),
+                                    image_std=list(s.image_std), min_pixels=s.min_pixels, max_pixels=s.max_pixels)
+
+
+def test_image_parity_with_transformers_including_clamping():
+    s = ImageSettings(min_pixels=128 * 128, max_pixels=320 * 320)
+    hfp = hf_image_processor(s)
+    rng = np.random.default_rng(0)
+    sizes = [(int(rng.integers(8, 900)), int(rng.integers(8, 900))) for _ in range(20)]
+    sizes += [(20, 30), (40, 700), (900, 850), (33, 33), (1000, 12)]  # below min, skewed, above max
+    clamped = {"up": 0, "down": 0}
+    for h, w in sizes:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ref = hfp(images=[img], return_tensors="np")
+        pv, grid = process_images([img], s)
+        np.testing.assert_array_equal(grid, ref["image_grid_thw"])
+        assert np.abs(pv - ref["pixel_values"]).max() <= 1e-5, (h, w)
+        area = round(h / 32) * 32 * round(w / 32) * 32
+        clamped["up" if area < s.min_pixels else "down" if area > s.max_pixels else "none"] = 1
+    assert clamped["up"] and clamped["down"]
+
+
+def hf_processor(proc: Processor) -> Qwen3VLProcessor:
+    """transformers' Qwen3-VL processor around the same tokenizer and image settings (built without its video
+    processor, which needs torchvision: only its image path is exercised)."""
+    hp = object.__new__(Qwen3VLProcessor)
+    hp.image_processor, hp.tokenizer, hp.video_processor = hf_image_processor(proc.settings), proc.tokenizer, None
+    hp.chat_template = proc.tokenizer.chat_template
+    for name, tok in (("image", "<|image_pad|>"), ("video", "<|video_pad|>"), ("vision_start", "<|vision_start|>"),
+                      ("vision_end", "<|vision_end|>")):
+        setattr(hp, f"{name}_token", tok)
+        setattr(hp, f"{name}_token_id", proc.tokenizer.convert_tokens_to_ids(tok))
+    return hp
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 2])
+def test_token_ids_match_transformers_processor(synthetic, n_images):
+    proc = Processor.from_pretrained(synthetic)
+    hp = hf_processor(proc)
+    rng = np.random.default_rng(n_images)
+    images = [Image.fromarray(rng.integers(0, 256, (int(rng.integers(40, 140)), int(rng.integers(40, 140)), 3),
+                                           dtype=np.uint8)) for _ in range(n_images)]
+    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": "where is the 3 ?"}]
+    messages = [{"role": "user", "content": content}, {"role": "assistant", "content": "top left"},
+                {"role": "user", "content": "what color is the circle ?"}]
+    text = proc.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ref = hp(text=[text], images=images or None, return_tensors="np")
+    ours = proc.encode_chat(messages)
+    np.testing.assert_array_equal(ours["input_ids"], ref["input_ids"])
+    np.testing.assert_array_equal(ours["mm_token_type_ids"], ref["mm_token_type_ids"])
+    if n_images:
+        np.testing.assert_array_equal(ours["image_grid_thw"], ref["image_grid_thw"])
+        assert np.abs(ours["pixel_values"] - ref["pixel_values"]).max() <= 1e-5
+
+
+def test_training_split_is_the_last_assistant_turn(synthetic):
+    proc = Processor.from_pretrained(synthetic)
+    messages = [{"role": "user", "content": "where is the 3 ?"}, {"role": "assistant", "content": "top left"},
+                {"role": "user", "content": "what color is the circle ?"},
+                {"role": "assistant", "content": "\n\nred"}]
+    enc = proc.encode_training_sample(messages)
+    tok = proc.tokenizer
+    assert tok.convert_ids_to_tokens(enc["response_ids"].tolist()) == ["red", "<|im_end|>"]
+    assert tok.convert_ids_to_tokens(enc["prefix_ids"][-3:].tolist()) == ["<|im_start|>", "assistant", "\n"]
+    assert "top" in tok.convert_ids_to_tokens(enc["prefix_ids"].tolist())  # earlier turns are conditioning
+    with pytest.raises(DataError, match="no assistant turn"):
+        proc.encode_training_sample(messages[:1])
+
+
+def digest(path):
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for f in sorted(files):
+            h.update(f.encode())
+            h.update(open(os.path.join(root, f), "rb").read())
+    return h.hexdigest()
+
+
+def test_synthetic_generator_is_deterministic(tmp_path):
+    a = generate(str(tmp_path / "a"), n=15, seed=7, n_eval=5)
+    b = generate(str(tmp_path / "b"), n=15, seed=7, n_eval=5)
+    c = generate(str(tmp_path / "c"), n=15, seed=8, n_eval=5)
+    assert digest(a) == digest(b) != digest(c)
+    train = [json.loads(x)["messages"][0]["content"][1]["text"] for x in open(os.path.join(a, "train.jsonl"))]
+    assert all(isinstance(t, str) and t for t in train)
+    answers = [json.loads(x)["meta"]["answer"] for x in open(os.path.join(a, "eval.jsonl"))]
+    assert len(answers) == 5
+
+
+def stream(synthetic, **kw):
+    proc = Processor.from_pretrained(synthetic)
+    records, skipped = read_jsonl(os.path.join(synthetic, "train.jsonl"))
+    cfg = PipelineConfig(global_batch_size=8, block_size=4, length_buckets=(64, 128, 256), pixel_rows=32,
+                         max_images=1, seed=1, **kw)
+    return TrainStream(records, proc, cfg, image_root=synthetic, skipped=skipped)
+
+
+def test_stream_resumes_exactly_and_keeps_few_shapes(synthetic):
+    s = stream(synthetic)
+    for _ in range(3):
+        s.next_batch()
+    state = json.loads(json.dumps(s.get_state()))
+    expected = [s.next_batch() for _ in range(3)]
+    resumed = stream(synthetic)
+    resumed.set_state(state)
+    for want in expected:
+        got = resumed.next_batch()
+        assert sorted(got) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    shapes = set()
+    full = stream(synthetic)
+    for _ in range(15):  # one epoch of 120 samples
+        b = full.next_batch()
+        shapes.add(tuple(b["input_ids"].shape) + tuple(b["noisy_index"].shape))
+    assert len(shapes) <= 4, shapes
+
+
+def test_hosts_take_disjoint_slices_of_the_same_global_batch(synthetic):
+    whole = stream(synthetic).next_batch()["example_index"]
+    parts = [stream(synthetic, shard_index=i, shard_count=2).next_batch()["example_index"] for i in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_bad_samples_are_skipped_and_counted_or_raise_in_strict_mode(synthetic, tmp_path):
+    lines = open(os.path.join(synthetic, "train.jsonl")).read().splitlines()[:6]
+    broken = json.loads(lines[1])
+    broken["messages"][0]["content"][0]["image"] = "images/missing.png"
+    no_assistant = json.loads(lines[2])
+    no_assistant["messages"] = no_assistant["messages"][:1]
+    odd = json.loads(lines[3])
+    odd["messages"][0]["content"].append({"type": "audio", "audio": "x.wav"})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps(broken), json.dumps(no_assistant), json.dumps(odd), "{oops",
+                              lines[4], lines[5]]) + "\n")
+    proc = Processor.from_pretrained(synthetic)
+    records, skipped = read_jsonl(str(bad))
+    assert skipped["malformed json"] == 1 and len(records) == 6
+    s = TrainStream(records, proc, PipelineConfig(global_batch_size=6, block_size=4, length_buckets=(256,),
+                                                  pixel_rows=32, max_images=1), image_root=synthetic,
+                    skipped=skipped)
+    batch = s.next_batch()
+    assert batch["input_ids"].shape[0] == 6  # replaced by later stream positions: the batch stays full
+    counts = s.get_state()["skipped"]
+    assert counts["unreadable image"] >= 1 and counts["sample has no assistant turn"] >= 1
+    assert counts["unknown content type 'audio'"] >= 1
+    with pytest.raises(DataError, match=r"bad\.jsonl:5: malformed sample"):
+        read_jsonl(str(bad), strict=True)
+    strict = TrainStream(records, proc, PipelineConfig(global_batch_size=6, block_size=4, length_buckets=(256,),
+                                                       pixel_rows=32, max_images=1, strict=True),
+                         image_root=synthetic)
+    with pytest.raises(DataError, match=r"bad\.jsonl:\d+: "):
+        strict.next_batch()
