@@ -4,12 +4,12 @@ Public API (see README): load_pretrained, forward, Model, init_params, ModelConf
 generate, diffusion.packed_logits.
 """
 
-from bard_jax import diffusion
+from bard_jax import data, diffusion
 from bard_jax.config import ModelConfig, preset
 from bard_jax.modeling import Model, forward, init_params, load_pretrained
 from bard_jax.sampler import SamplingConfig, generate
 
 __all__ = [
-    "Model", "ModelConfig", "SamplingConfig", "diffusion", "forward", "generate", "init_params", "load_pretrained",
-    "preset",
+    "Model", "ModelConfig", "SamplingConfig", "data", "diffusion", "forward", "generate", "init_params",
+    "load_pretrained", "preset",
 ]

@@ -310,3 +310,15 @@ def test_kinds_and_pack_bad_input():
     with pytest.raises(layout.LayoutError, match="does not fit"):
         layout.collate_packed([s], 5, 4)
     assert list(s["kind"]) == [PLAIN] * 2 + [CLEAN] * 4 + [NOISY] * 4
+
+
+def test_no_supervised_position_and_zero_t_are_defined():
+    ce = jnp.ones((2, 3))
+    none = jnp.zeros((2, 3), bool)
+    assert float(weighted_ce(ce, none, jnp.full((2, 3), 0.5), jnp.array([4, 4]), 2)) == 0.0
+    # t = 0 at a supervised slot cannot come from the corruption; it is clamped, giving a huge finite loss that
+    # the train step's non-finite guard does not confuse with a NaN, and that the run reports.
+    zero_t = weighted_ce(ce, jnp.ones((2, 3), bool), jnp.zeros((2, 3)), jnp.array([4, 4]), 2)
+    assert np.isfinite(float(zero_t)) and float(zero_t) > 1e10
+    with pytest.raises(layout.LayoutError, match="block size must be >= 1"):
+        layout.pad_response(np.array([1, 2]), 0, 0)

@@ -69,3 +69,15 @@ def test_bad_setups_fail_with_clear_errors(tmp_path):
     assert r.returncode != 0 and "teacher checkpoint not found" in r.stderr
     r = train(tmp_path / "c", *FAST, "--recipe.mesh.data", "3", check=False)
     assert r.returncode != 0 and "needs 3 devices" in r.stderr
+
+
+def test_generate_cli_on_the_trained_demo(straight):
+    image = sorted((straight.parent / "data").glob("images/*.png"))[0]
+    cmd = [sys.executable, "-m", "bard_jax.generate", "--model", str(straight / "export"), "--prompt",
+           "how many red shapes are there ?", "--image", str(image), "--max-new-tokens", "8", "--steps", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nfe" in r.stderr and "tokens/forward" in r.stderr
+    bad = subprocess.run(cmd[:-6] + ["--image", str(straight / "missing.png")], capture_output=True, text=True,
+                         cwd=REPO)
+    assert bad.returncode == 1 and "missing.png cannot be read" in bad.stderr
