@@ -1,0 +1,140 @@
+"""Autoregressive decoding with a KV cache, in the same style as the block sampler: the baseline for speed
+comparisons and for evaluating source AR models.
+
+Letters: B batch, P prompt length, N new tokens, C = P + N cache slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bard_jax.model.attention import TokenInfo
+from bard_jax.model.inputs import text_positions, vision_inputs, window_index
+from bard_jax.model.text import KVContext
+from bard_jax.model.vlm import Qwen3VL
+from bard_jax.modeling import Model, network
+from bard_jax.sampler.diffusion import SamplerOutput
+from bard_jax.sampler.select import choose_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class ARConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: int = 151645
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling settings: temperature {self.temperature}, top_k {self.top_k}, "
+                             f"top_p {self.top_p}")
+
+
+@flax.struct.dataclass
+class ARCarry:
+    tokens: jax.Array  # [B, N]
+    done: jax.Array  # [B]
+    index: jax.Array  # tokens generated so far
+    cache_k: jax.Array  # [L, B, C, K, H]
+    cache_v: jax.Array
+    cache_valid: jax.Array  # [B, C]
+    key: jax.Array
+
+
+def _step_logits(net, params, token_b, position_b, carry: ARCarry, slot):
+    b = token_b.shape[0]
+    info = TokenInfo(block=jnp.full((b, 1), slot, jnp.int32), kind=jnp.zeros((b, 1), jnp.int32),
+                     valid=jnp.ones((b, 1), bool))
+    slots = carry.cache_valid.shape[1]
+    ctx = KVContext(carry.cache_k, carry.cache_v,
+                    TokenInfo(block=jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots)),
+                              kind=jnp.zeros((b, slots), jnp.int32), valid=carry.cache_valid))
+    x, deep = net.apply(params, token_b[:, None], method=Qwen3VL.embed)
+    pos = jnp.broadcast_to(position_b[None, :, None], (3, b, 1))
+    h, kv = net.apply(params, x, pos, info, deep, ctx, method=Qwen3VL.decode)
+    return net.apply(params, h[:, 0], method=Qwen3VL.logits), kv
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_image_windows"))
+def _generate_ar_jit(model: Model, input_ids, mask, pixels, meta, image_grid_thw, video_grid_thw, key, *, cfg,
+                     num_image_windows):
+    c = model.config
+    net, params = network(c, None, "none", True), {"params": model.params}
+    b, p = input_ids.shape
+    positions, next_pos = text_positions(c, input_ids, mask, image_grid_thw, video_grid_thw)
+    vision, windows = None, None
+    if pixels is not None:
+        vision = net.apply(params, pixels, meta, method=Qwen3VL.encode_vision)
+        windows = window_index(c, input_ids, num_image_windows)
+    x, deep = net.apply(params, input_ids, vision, windows, method=Qwen3VL.embed)
+    h, (k, v) = net.apply(params, x, positions, TokenInfo.causal(mask), deep, method=Qwen3VL.decode)
+    last = net.apply(params, h[:, -1], method=Qwen3VL.logits)  # prompts are left-padded: the last slot is real
+    slots = p + cfg.max_new_tokens
+    shape = k.shape[:2] + (slots,) + k.shape[3:]
+    key, sub = jax.random.split(key)
+    first, _ = choose_tokens(last[:, None], cfg, sub)
+    carry = ARCarry(
+        tokens=jnp.zeros((b, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first[:, 0]),
+        done=first[:, 0] == cfg.eos_token_id,
+        index=jnp.ones((), jnp.int32),
+        cache_k=jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, k.dtype), k, 0, axis=2),
+        cache_v=jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, v.dtype), v, 0, axis=2),
+        cache_valid=jnp.concatenate([mask, jnp.zeros((b, cfg.max_new_tokens), bool)], axis=1),
+        key=key,
+    )
+
+    def cond(s: ARCarry):
+        return (s.index < cfg.max_new_tokens) & ~jnp.all(s.done)
+
+    def body(s: ARCarry) -> ARCarry:
+        prev = s.tokens[:, s.index - 1]
+        slot = p + s.index - 1
+        logits, (kk, vv) = _step_logits(net, params, prev, next_pos + s.index - 1, s, slot)
+        key, sub = jax.random.split(s.key)
+        tok, _ = choose_tokens(logits[:, None], cfg, sub)
+        tok = jnp.where(s.done, cfg.eos_token_id, tok[:, 0])
+        valid = jax.lax.dynamic_update_slice_in_dim(s.cache_valid, jnp.ones((b, 1), bool), slot, 1)
+        return s.replace(
+            tokens=s.tokens.at[:, s.index].set(tok),
+            done=s.done | (tok == cfg.eos_token_id),
+            index=s.index + 1,
+            cache_k=jax.lax.dynamic_update_slice_in_dim(s.cache_k, kk, slot, axis=2),
+            cache_v=jax.lax.dynamic_update_slice_in_dim(s.cache_v, vv, slot, axis=2),
+            cache_valid=valid,
+            key=key,
+        )
+
+    out = jax.lax.while_loop(cond, body, carry)
+    return out.tokens, out.index
+
+
+def generate_ar(model: Model, input_ids: Any, config: ARConfig, attention_mask: Any = None, pixel_values: Any = None,
+                image_grid_thw: Any = None, pixel_values_videos: Any = None, video_grid_thw: Any = None,
+                rng: jax.Array | None = None) -> SamplerOutput:
+    """Token-by-token decoding (prompts left-padded). tokens [B, N]: after a row's EOS, EOS repeats."""
+    c = model.config
+    ids = jnp.asarray(input_ids, jnp.int32)
+    mask = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+    vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+    pixels, meta, n_img = vis if vis is not None else (None, None, 0)
+    t0 = time.perf_counter()
+    tokens, steps = _generate_ar_jit(model, ids, mask, pixels, meta, image_grid_thw, video_grid_thw,
+                                     rng if rng is not None else jax.random.key(0), cfg=config,
+                                     num_image_windows=n_img)
+    tokens = np.asarray(jax.block_until_ready(tokens))
+    seconds = time.perf_counter() - t0
+    produced = np.array([int(np.argmax(r == config.eos_token_id)) + 1 if (r == config.eos_token_id).any()
+                         else len(r) for r in tokens])
+    return SamplerOutput(tokens, {"nfe": int(steps), "generated_tokens": produced, "tokens_per_forward": 1.0,
+                                  "seconds": seconds})
