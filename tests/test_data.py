@@ -179,3 +179,28 @@ def test_bad_samples_are_skipped_and_counted_or_raise_in_strict_mode(synthetic, 
                          image_root=synthetic)
     with pytest.raises(DataError, match=r"bad\.jsonl:\d+: "):
         strict.next_batch()
+
+
+def test_two_workers_give_the_same_batches_and_resume(synthetic):
+    proc_dir = os.path.join(synthetic, "tokenizer")
+    plain = stream(synthetic)
+    want = [plain.next_batch() for _ in range(4)]
+    proc = Processor.from_pretrained(synthetic)
+    records, _ = read_jsonl(os.path.join(synthetic, "train.jsonl"))
+    cfg = PipelineConfig(global_batch_size=8, block_size=4, length_buckets=(64, 128, 256), pixel_rows=32,
+                         max_images=1, seed=1, workers=2)
+    workers = TrainStream(records, proc, cfg, image_root=synthetic, processor_dir=proc_dir)
+    try:
+        got = [workers.next_batch() for _ in range(2)]
+        state = workers.get_state()
+    finally:
+        workers.close()
+    resumed = TrainStream(records, proc, cfg, image_root=synthetic, processor_dir=proc_dir)
+    resumed.set_state(state)
+    try:
+        got += [resumed.next_batch() for _ in range(2)]
+    finally:
+        resumed.close()
+    for w, g in zip(want, got):
+        for k in w:
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)

@@ -16,9 +16,11 @@ deterministic.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import multiprocessing
 from typing import Any
 
 import grain
@@ -42,6 +44,7 @@ class PipelineConfig:
     shard_index: int = 0  # this host
     shard_count: int = 1
     strict: bool = False
+    workers: int = 0  # processes that decode and pack examples (0: in the main process)
 
 
 def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections.Counter]:
@@ -65,11 +68,31 @@ def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections
     return records, skipped
 
 
+_WORKER_STREAM: TrainStream | None = None
+
+
+def _worker_init(records, processor_dir, min_pixels, max_pixels, cfg, image_root):
+    global _WORKER_STREAM
+    proc = Processor.from_pretrained(processor_dir, min_pixels=min_pixels, max_pixels=max_pixels)
+    _WORKER_STREAM = TrainStream(records, proc, dataclasses.replace(cfg, workers=0), image_root)
+
+
+def _worker_example(position: int) -> tuple[dict | None, dict]:
+    """(packed sample or None, skip counts it added) for one stream position, in a worker process."""
+    _WORKER_STREAM.skipped.clear()
+    return _WORKER_STREAM.example(position), dict(_WORKER_STREAM.skipped)
+
+
 class TrainStream:
-    """next_batch() -> dict of numpy arrays for this host; get_state()/set_state() for exact resume."""
+    """next_batch() -> dict of numpy arrays for this host; get_state()/set_state() for exact resume.
+
+    With `cfg.workers > 0` examples are decoded and packed in spawned worker processes (the processor is reloaded
+    there from `processor_dir`); the result does not depend on the number of workers. An exception in a worker is
+    re-raised in the main process.
+    """
 
     def __init__(self, records: list[dict], processor: Processor, cfg: PipelineConfig, image_root: str = "",
-                 skipped: collections.Counter | None = None):
+                 skipped: collections.Counter | None = None, processor_dir: str | None = None):
         if not records:
             raise DataError("the dataset has no usable samples")
         if cfg.global_batch_size % cfg.shard_count:
@@ -86,6 +109,29 @@ class TrainStream:
         self.image_token_id = processor.image_pad_id
         self.video_token_id = tok.convert_tokens_to_ids("<|video_pad|>")
         self.patch_dim = 3 * processor.settings.temporal_patch_size * processor.settings.patch_size ** 2
+        self._pool = None
+        if cfg.workers > 0:
+            if not processor_dir:
+                raise DataError("worker processes need processor_dir to reload the processor")
+            st = processor.settings
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                cfg.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                initargs=(records, processor_dir, st.min_pixels, st.max_pixels, cfg, image_root),
+            )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _examples(self, positions: list[int]) -> list[dict | None]:
+        if self._pool is None:
+            return [self.example(p) for p in positions]
+        out = []
+        for sample, skipped in self._pool.map(_worker_example, positions, chunksize=max(1, len(positions) // 8)):
+            self.skipped.update(skipped)
+            out.append(sample)
+        return out
 
     # ------------------------------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -131,15 +177,14 @@ class TrainStream:
         g = self.cfg.global_batch_size
         local = g // self.cfg.shard_count
         start = self.batch_number * g + self.cfg.shard_index * local
-        samples = []
-        position = start
-        spare = (self.batch_number + 1) * g * 1000  # replacements come from far beyond any batch's own range
-        for position in range(start, start + local):
-            s = self.example(position)
+        samples = self._examples(list(range(start, start + local)))
+        # Replacements for skipped samples come from far beyond any batch's own range, in order.
+        spare = (self.batch_number + 1) * g * 1000 + self.cfg.shard_index * local * 1000
+        for i, s in enumerate(samples):
             while s is None:
                 spare += 1
-                s = self.example(spare)
-            samples.append(s)
+                s = self._examples([spare])[0]
+            samples[i] = s
         self.batch_number += 1
         return self.collate(samples)
 

@@ -136,9 +136,9 @@ def prepare_run(cfg: TrainConfig) -> Run:
         global_batch_size=d.global_batch_size, block_size=block, length_buckets=tuple(d.length_buckets),
         response_buckets=tuple(d.response_buckets),
         pixel_rows=max(d.patch_buckets), max_images=d.max_images, seed=d.seed,
-        shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict,
+        shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict, workers=d.workers,
     )
-    stream = TrainStream(records, processor, pipe, image_root=root, skipped=skipped)
+    stream = TrainStream(records, processor, pipe, image_root=root, skipped=skipped, processor_dir=processor_dir)
     seed_key = cfg.objective.seed
 
     def loss(params, micro, teacher_params, global_n):
