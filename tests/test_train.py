@@ -81,3 +81,28 @@ def test_generate_cli_on_the_trained_demo(straight):
     bad = subprocess.run(cmd[:-6] + ["--image", str(straight / "missing.png")], capture_output=True, text=True,
                          cwd=REPO)
     assert bad.returncode == 1 and "missing.png cannot be read" in bad.stderr
+
+
+@pytest.mark.parametrize("objective", ["pbm", "swd"])
+def test_sharded_equals_unsharded(straight, tmp_path, objective):
+    """The same 3 steps on 1 device and on a (data 2, fsdp 2, tensor 2) mesh of 8 fake CPU devices."""
+    extra = ["--recipe.steps", "3", "--recipe.ckpt_every", "100", "--recipe.model.init_from", str(straight)]
+    if objective == "swd":
+        extra += ["--recipe.objective.kind", "swd", "--recipe.objective.block_size", "8",
+                  "--recipe.objective.teacher_init_from", str(straight)]
+    runs = {}
+    for name, mesh, devices in (("one", ("1", "1", "1"), 1), ("eight", ("2", "2", "2"), 8)):
+        w = tmp_path / name
+        cmd = [sys.executable, "-m", "bard_jax.train", "--recipe", os.path.join(REPO, "recipes", "demo.py"),
+               "--workdir", str(w), "--recipe.data.synthetic_dir", str(straight.parent / "data"), *FAST, *extra,
+               "--recipe.mesh.data", mesh[0], "--recipe.mesh.fsdp", mesh[1], "--recipe.mesh.tensor", mesh[2]]
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+        assert r.returncode == 0, r.stderr[-4000:]
+        runs[name] = w
+    np.testing.assert_allclose(losses(runs["eight"]), losses(runs["one"]), rtol=2e-5)
+    import jax
+
+    for a, b in zip(jax.tree_util.tree_leaves(final_params(runs["one"])),
+                    jax.tree_util.tree_leaves(final_params(runs["eight"]))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
