@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import glob
 import json
@@ -114,10 +115,18 @@ def name_table(config: ModelConfig) -> list[Entry]:
 
 def param_shapes(config: ModelConfig) -> dict[str, Any]:
     """Nested dict of our parameter shapes (derived from the network itself, so it cannot drift)."""
+    return json.loads(_param_shapes_json(config), object_hook=lambda d: {k: tuple(v) if isinstance(v, list) else v
+                                                                         for k, v in d.items()})
+
+
+@functools.lru_cache(maxsize=32)
+def _param_shapes_json(config: ModelConfig) -> str:
+    # Tracing the network costs seconds; loads call this several times per config. Cached as JSON so callers
+    # get a fresh, unshared dict each time.
     from bard_jax.modeling import init_params
 
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    return jax.tree_util.tree_map(lambda x: tuple(x.shape), abstract)
+    return json.dumps(jax.tree_util.tree_map(lambda x: list(x.shape), abstract))
 
 
 def _get(tree: dict, path: tuple[str, ...]) -> Any:
