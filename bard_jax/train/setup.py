@@ -184,6 +184,10 @@ def teacher_params(cfg: TrainConfig, model_config: ModelConfig, mesh) -> Any:
 
 def export(cfg: TrainConfig, model_config: ModelConfig, params: Any, run: Run) -> None:
     """WORKDIR/export (our format, the next stage's init_from) and WORKDIR/export_hf (an HF directory)."""
+    if jax.process_count() > 1:  # every process takes part in the gather; process 0 writes
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() != 0:
         return
     init = resolve_weights(cfg.model.init_from)
