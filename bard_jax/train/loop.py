@@ -57,8 +57,8 @@ def load_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainCon
 def maybe_init_distributed(args: argparse.Namespace) -> None:
     """jax.distributed from flags, or from the environment (JAX_COORDINATOR_ADDRESS etc.)."""
     if args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+        # CPU collectives across processes (only affects the CPU backend; must precede backend start-up).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=args.coordinator or os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1")),

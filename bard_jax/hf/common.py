@@ -1,0 +1,129 @@
+"""Shared pieces of checkpoint I/O: the error type, dtypes, atomic output directories, side files, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from bard_jax.hf.table import Entry, flatten
+
+# Tokenizer / processor / generation files that travel with the weights (glob patterns).
+SIDE_FILES = (
+    "tokenizer*.json", "tokenizer.model", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+    "chat_template*", "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
+    "generation_config.json", "task.json",
+)
+PROGRESS_MIN_BYTES = 256 * 2**20
+_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match the model; the message names every offending
+    file / tensor / field at once."""
+
+
+def problems_error(where: str, what: str, problems: list[str]) -> CheckpointError:
+    return CheckpointError(f"{where}: {what} ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+
+
+def resolve_dtype(dtype: Any) -> np.dtype | None:
+    """"float32" / "bfloat16" / "float16" / a numpy or jax dtype -> numpy dtype; None or "keep" -> None."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "keep"):
+        return None
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or 'keep'")
+        return np.dtype(_DTYPES[dtype])
+    return np.dtype(dtype)
+
+
+def check_tree(params: dict[str, Any], table: list[Entry]) -> list[str]:
+    """Differences between a params tree and the name table: missing, unexpected, mis-shaped leaves."""
+    leaves = flatten(params)
+    want = {e.path: e.shape for e in table}
+    problems = []
+    for path, shape in want.items():
+        if path not in leaves:
+            problems.append(f"missing parameter {'/'.join(path)} (expected shape {list(shape)})")
+        elif tuple(leaves[path].shape) != shape:
+            problems.append(f"parameter {'/'.join(path)} has shape {list(leaves[path].shape)}, expected {list(shape)}")
+    problems += [f"unexpected parameter {'/'.join(p)}" for p in leaves if p not in want]
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------ output dirs
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[str]:
+    """Yield a temp dir next to `out_dir`; on success it replaces `out_dir`, on any failure it is removed.
+
+    Nothing half-written ever sits at `out_dir`: the final rename is the last step.
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    parent, base = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.partial-", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(out_dir):  # move the previous version aside, then swap, then delete it
+        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+        os.replace(out_dir, os.path.join(old, base))
+    os.replace(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_side_files(src: str | os.PathLike | None, dst: str) -> list[str]:
+    """Copy tokenizer / processor / generation files from `src` (if any) into `dst`; returns the names copied."""
+    if not src or not os.path.isdir(src):
+        return []
+    copied = []
+    for pattern in SIDE_FILES:
+        for p in sorted(glob.glob(os.path.join(os.fspath(src), pattern))):
+            if os.path.isfile(p) and not p.endswith(".safetensors"):
+                shutil.copy2(p, os.path.join(dst, os.path.basename(p)))
+                copied.append(os.path.basename(p))
+    return copied
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5e9, '500MB', '2GiB', '1024' -> bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    t = text.strip().upper()
+    try:
+        for u in sorted(units, key=len, reverse=True):
+            if t.endswith(u):
+                return int(float(t[: -len(u)]) * units[u])
+        return int(t)
+    except ValueError as e:
+        raise ValueError(f"cannot parse size {text!r} (examples: 5GB, 500MB, 2GiB)") from e
+
+
+@contextlib.contextmanager
+def progress(total_bytes: int, desc: str) -> Iterator[Callable[[int], None]]:
+    """A byte progress bar on stderr for large checkpoints (process 0 only); a no-op below 256 MB."""
+    if total_bytes < PROGRESS_MIN_BYTES or jax.process_index() != 0:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
