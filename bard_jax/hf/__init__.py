@@ -1,0 +1,39 @@
+"""Hugging Face checkpoints <-> our parameter tree: name table, streaming load, export, our converted format.
+
+    config, raw = read_hf_config(path)                       # ModelConfig + the config.json dict (either dialect)
+    params = load_hf_params(path, config, dtype="bfloat16", sharding_fn=None)
+    save_converted(params, config, raw, out_dir, side_files_from=path)
+    params, config, raw = load_converted(out_dir, dtype="bfloat16", sharding_fn=None)
+    export_hf(params, config, raw, hf_out_dir, max_shard_bytes="5GB", side_files_from=out_dir)
+
+`param_shapes(config)` is the shape contract of the parameter tree; `name_table(config)` lists every parameter
+with its HF tensor name and layout transform. Every loader problem is reported in one `CheckpointError`.
+No torch anywhere: safetensors are parsed and written here (bf16 via ml_dtypes).
+"""
+
+from bard_jax.hf.common import CheckpointError, atomic_dir, copy_side_files, parse_size, resolve_dtype
+from bard_jax.hf.converted import (
+    CONVERTED_MARKER,
+    is_converted_dir,
+    load_converted,
+    read_converted_config,
+    save_converted,
+)
+from bard_jax.hf.export import export_hf
+from bard_jax.hf.load import HFCheckpoint, ShardingFn, check_checkpoint, load_hf_params, read_hf_config
+from bard_jax.hf.table import (
+    Entry,
+    canonical_name,
+    from_hf_layout,
+    hf_tensor_order,
+    name_table,
+    param_shapes,
+    to_hf_layout,
+)
+
+__all__ = [
+    "CONVERTED_MARKER", "CheckpointError", "Entry", "HFCheckpoint", "ShardingFn", "atomic_dir", "canonical_name",
+    "check_checkpoint", "copy_side_files", "export_hf", "from_hf_layout", "hf_tensor_order", "is_converted_dir",
+    "load_converted", "load_hf_params", "name_table", "param_shapes", "parse_size", "read_converted_config",
+    "read_hf_config", "resolve_dtype", "save_converted", "to_hf_layout",
+]
