@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +27,9 @@ def losses(workdir):
 
 
 def final_params(workdir):
-    return ocp.StandardCheckpointer().restore(workdir / "export" / "params")
+    from bard_jax import hf
+
+    return hf.load_converted(str(workdir / "export"), dtype=None)[0]
 
 
 FAST = ("--recipe.data.synthetic_n", "200", "--recipe.data.global_batch_size", "8",
