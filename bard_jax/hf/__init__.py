@@ -3,6 +3,7 @@
     config, raw = read_hf_config(path)                       # ModelConfig + the config.json dict (either dialect)
     params = load_hf_params(path, config, dtype="bfloat16", sharding_fn=None)
     save_converted(params, config, raw, out_dir, side_files_from=path)
+    convert_hf(path, out_dir, dtype=None)                   # the same, streaming (never holds the model)
     params, config, raw = load_converted(out_dir, dtype="bfloat16", sharding_fn=None)
     export_hf(params, config, raw, hf_out_dir, max_shard_bytes="5GB", side_files_from=out_dir)
 
@@ -14,6 +15,7 @@ No torch anywhere: safetensors are parsed and written here (bf16 via ml_dtypes).
 from bard_jax.hf.common import CheckpointError, atomic_dir, copy_side_files, parse_size, resolve_dtype
 from bard_jax.hf.converted import (
     CONVERTED_MARKER,
+    convert_hf,
     is_converted_dir,
     load_converted,
     read_converted_config,
@@ -33,7 +35,7 @@ from bard_jax.hf.table import (
 
 __all__ = [
     "CONVERTED_MARKER", "CheckpointError", "Entry", "HFCheckpoint", "ShardingFn", "atomic_dir", "canonical_name",
-    "check_checkpoint", "copy_side_files", "export_hf", "from_hf_layout", "hf_tensor_order", "is_converted_dir",
-    "load_converted", "load_hf_params", "name_table", "param_shapes", "parse_size", "read_converted_config",
-    "read_hf_config", "resolve_dtype", "save_converted", "to_hf_layout",
+    "check_checkpoint", "convert_hf", "copy_side_files", "export_hf", "from_hf_layout", "hf_tensor_order",
+    "is_converted_dir", "load_converted", "load_hf_params", "name_table", "param_shapes", "parse_size",
+    "read_converted_config", "read_hf_config", "resolve_dtype", "save_converted", "to_hf_layout",
 ]

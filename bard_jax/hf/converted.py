@@ -1,17 +1,21 @@
-"""Our converted format: an orbax checkpoint of the parameter tree plus the configs and tokenizer files.
+"""Our converted format: orbax checkpoints of the parameter tree plus the configs and tokenizer files.
 
-    DIR/params/                 orbax (OCDBT) checkpoint of the nested params dict, in the saved dtype
-    DIR/bard_jax_config.json    {"format", "version", "config" (ours), "hf_config" (the original config.json dict,
-                                 so export writes its dialect and model_type back), "dtype"}
+    DIR/bard_jax_config.json    {"format": "bard_jax", "version": 2, "config": ours, "hf_config": the original
+                                 config.json dict (export writes its dialect and model_type back), "dtype"}
+    DIR/params/part-00000/ ...  orbax PyTree checkpoints (zarr v2, no OCDBT); each holds some parameters under
+                                 their full nested paths (the union is the params tree), in chunks of <= 64 MB
     DIR/tokenizer*.json, ...    tokenizer / processor / generation files copied from the source
 
-Written under a temporary name and renamed at the end; read back straight into the requested shardings.
+Why parts: an orbax save copies everything the call touches once more, so one call over the whole tree needs the
+weights twice. Parts of at most 256 MB (a larger parameter alone) bound that transient, and `convert_hf` streams
+HF tensors into parts without ever holding the model. Any orbax restore reads the parts; `load_converted` reads
+the zarr arrays itself, chunk by chunk, to keep its peak memory at the weights plus one parameter.
+Written under a temporary name and renamed at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -21,19 +25,61 @@ import jax
 import numpy as np
 
 from bard_jax.config import ConfigError, ModelConfig
-from bard_jax.hf.common import CheckpointError, atomic_dir, check_tree, copy_side_files, problems_error, resolve_dtype
-from bard_jax.hf.load import ShardingFn
-from bard_jax.hf.table import flatten, name_table, set_path
+from bard_jax.hf.common import (
+    CheckpointError,
+    atomic_dir,
+    check_tree,
+    copy_side_files,
+    problems_error,
+    progress,
+    release_memory,
+    resolve_dtype,
+)
+from bard_jax.hf.load import HFCheckpoint, ShardingFn, assemble, check_checkpoint, place, read_hf_config
+from bard_jax.hf.table import Entry, get_path, name_table, set_path
 
 CONVERTED_MARKER = "bard_jax_config.json"
-FORMAT_VERSION = 1
-# Restoring a large tree in one orbax call stages all of it on the host before placing it (the weights twice);
-# above this size parameters are restored one by one, largest first.
-ONE_CALL_MAX_BYTES = 256 * 2**20
+FORMAT_VERSION = 2
+PART_BYTES = 256 * 2**20
+CHUNK_BYTES = 64 * 2**20
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), CONVERTED_MARKER))
+
+
+def _parts(table: list[Entry], nbytes: dict[tuple[str, ...], int]) -> list[list[Entry]]:
+    """Largest first, packed greedily into parts of at most PART_BYTES (a larger parameter gets its own)."""
+    parts: list[list[Entry]] = []
+    size = PART_BYTES
+    for e in sorted(table, key=lambda e: -nbytes[e.path]):
+        if size + nbytes[e.path] > PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(e)
+        size += nbytes[e.path]
+    return parts
+
+
+def _save_part(params_dir: str, k: int, tree: dict[str, Any]) -> None:
+    import orbax.checkpoint as ocp
+
+    save_args = jax.tree_util.tree_map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), tree)
+    # Plain zarr v2 arrays (no OCDBT): one directory per array, which load_converted reads chunk by chunk.
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False)) as ckptr:
+        ckptr.save(os.path.join(params_dir, f"part-{k:05d}"), args=ocp.args.PyTreeSave(tree, save_args=save_args))
+
+
+def _write_meta(out: str, config: ModelConfig, raw: dict[str, Any] | None, dtypes: set[str]) -> None:
+    meta = {
+        "format": "bard_jax",
+        "version": FORMAT_VERSION,
+        "config": dataclasses.asdict(config),
+        "hf_config": config.to_hf_dict(base=raw),
+        "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
+    }
+    with open(os.path.join(out, CONVERTED_MARKER), "w") as f:
+        json.dump(meta, f, indent=2)
 
 
 def save_converted(
@@ -48,26 +94,57 @@ def save_converted(
     params: our tree (jax or numpy arrays, any sharding). raw_hf_config: the original config.json dict (None: a
     fresh 5.x qwen3_vl config). side_files_from: a directory whose tokenizer / processor files are copied along.
     """
-    import orbax.checkpoint as ocp
-
-    problems = check_tree(params, name_table(config))
+    table = name_table(config)
+    problems = check_tree(params, table)
     if problems:
         raise problems_error(os.fspath(out_dir), "parameters do not match the config", problems)
-    dtypes = {np.dtype(x.dtype).name for x in jax.tree_util.tree_leaves(params)}
+    leaves = {e.path: get_path(params, e.path) for e in table}
+    nbytes = {p: math.prod(x.shape) * np.dtype(x.dtype).itemsize for p, x in leaves.items()}
     with atomic_dir(out_dir) as tmp:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, "params"), params)
-            ckptr.wait_until_finished()
-        meta = {
-            "format": "bard_jax",
-            "version": FORMAT_VERSION,
-            "config": dataclasses.asdict(config),
-            "hf_config": config.to_hf_dict(base=raw_hf_config),
-            "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
-        }
-        with open(os.path.join(tmp, CONVERTED_MARKER), "w") as f:
-            json.dump(meta, f, indent=2)
+        os.makedirs(os.path.join(tmp, "params"))
+        with progress(sum(nbytes.values()), "saving") as advance:
+            for k, part in enumerate(_parts(table, nbytes)):
+                tree: dict[str, Any] = {}
+                for e in part:
+                    set_path(tree, e.path, leaves[e.path])
+                _save_part(os.path.join(tmp, "params"), k, tree)
+                del tree
+                release_memory()
+                advance(sum(nbytes[e.path] for e in part))
+        _write_meta(tmp, config, raw_hf_config, {np.dtype(x.dtype).name for x in leaves.values()})
         copy_side_files(side_files_from, tmp)
+    return os.fspath(out_dir)
+
+
+def convert_hf(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: Any = None) -> str:
+    """HF directory -> our format, streaming: holds at most one part (<= 256 MB, or one larger parameter) at a time.
+
+    dtype: "float32" / "bfloat16" / "float16", or None / "keep" for each tensor's stored dtype. Tokenizer and
+    processor files are copied along. Raises CheckpointError / ConfigError before anything is written.
+    """
+    src = os.fspath(src)
+    config, raw = read_hf_config(src)
+    target = resolve_dtype(dtype)
+    with HFCheckpoint(src) as ckpt:
+        table = check_checkpoint(ckpt, config)
+        dtypes = {e.path: target or np.result_type(*[ckpt.info(n)["dtype"] for n in e.hf_names]) for e in table}
+        nbytes = {e.path: math.prod(e.shape) * dtypes[e.path].itemsize for e in table}
+        with atomic_dir(out_dir) as tmp:
+            os.makedirs(os.path.join(tmp, "params"))
+            with progress(sum(nbytes.values()), f"converting {os.path.basename(src.rstrip('/'))}") as advance:
+                for k, part in enumerate(_parts(table, nbytes)):
+                    tree: dict[str, Any] = {}
+                    for e in part:
+                        # On the device (freeing the host buffer first): orbax saves a jax array with one transient
+                        # copy, a numpy array with two.
+                        set_path(tree, e.path, place(assemble(ckpt, e, target), None))
+                        release_memory()
+                    _save_part(os.path.join(tmp, "params"), k, tree)
+                    del tree
+                    release_memory()
+                    advance(sum(nbytes[e.path] for e in part))
+            _write_meta(tmp, config, raw, {d.name for d in dtypes.values()})
+            copy_side_files(src, tmp)
     return os.fspath(out_dir)
 
 
@@ -90,17 +167,45 @@ def read_converted_config(path: str | os.PathLike) -> tuple[ModelConfig, dict[st
     return config, raw
 
 
+def _array_dirs(params_dir: str) -> tuple[dict[tuple[str, ...], str], list[str]]:
+    """{parameter path: its zarr array directory} over all parts (orbax names an array directory by the keys
+    joined with '.'), and the problems found (no parts, unfinished parts, a parameter stored twice)."""
+    found: dict[tuple[str, ...], str] = {}
+    problems = []
+    parts = sorted(d for d in os.listdir(params_dir) if d.startswith("part-"))
+    if not parts:
+        problems.append(f"{params_dir}: no part-* checkpoints")
+    for part in parts:
+        pdir = os.path.join(params_dir, part)
+        if not os.path.isfile(os.path.join(pdir, "commit_success.txt")):
+            problems.append(f"{pdir}: unfinished orbax checkpoint (no commit_success.txt)")
+        for name in sorted(os.listdir(pdir)):
+            adir = os.path.join(pdir, name)
+            if os.path.isfile(os.path.join(adir, ".zarray")):
+                key = tuple(name.split("."))
+                if key in found:
+                    problems.append(f"parameter {'/'.join(key)} stored twice ({found[key]} and {adir})")
+                found[key] = adir
+    return found, problems
+
+
+def _open_array(adir: str) -> Any:
+    import tensorstore as ts
+
+    return ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": adir}}, open=True).result()
+
+
 def load_converted(
     path: str | os.PathLike, dtype: Any = "float32", sharding_fn: ShardingFn | None = None
 ) -> tuple[dict[str, Any], ModelConfig, dict[str, Any]]:
     """Read our format back: (params, config, raw HF config dict).
 
     dtype: "float32" / "bfloat16" / "float16", or None / "keep" for the saved dtype. sharding_fn(path_tuple, shape)
-    -> Sharding | None: each array is restored directly into its sharding (each device reads its own slice), never
-    whole on one device first.
+    -> Sharding | None: a sharded parameter is built with `jax.make_array_from_callback`, each device reading only
+    its own slice from disk (never whole on one device first).
+    The zarr arrays orbax wrote are read with tensorstore, chunk by chunk into one host buffer per parameter,
+    largest first (as in load.py): orbax's own restore stages every array of a call twice at once.
     """
-    import orbax.checkpoint as ocp
-
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"converted directory not found: {path}")
@@ -108,42 +213,53 @@ def load_converted(
     params_dir = os.path.join(path, "params")
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{path}: missing params/ directory (an interrupted copy?)")
-    ckptr = ocp.PyTreeCheckpointer()
-    try:
-        stored = ckptr.metadata(params_dir).item_metadata.tree
-    except Exception as e:  # orbax raises many types; name the directory
-        raise CheckpointError(f"{params_dir}: unreadable orbax checkpoint ({type(e).__name__}: {e})") from e
+    found, problems = _array_dirs(params_dir)
+    arrays: dict[str, Any] = {}
+    for key, adir in found.items():
+        try:
+            set_path(arrays, key, _open_array(adir))
+        except Exception as e:  # tensorstore raises ValueError / OSError variants; name the array
+            problems.append(f"{adir}: unreadable zarr array ({type(e).__name__}: {e})")
     table = name_table(config)
-    problems = check_tree(stored, table)
+    problems += check_tree(arrays, table)
     if problems:
         raise problems_error(params_dir, "parameters do not match bard_jax_config.json", problems)
     target = resolve_dtype(dtype)
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    stored_leaves = flatten(stored)
-    specs = {}
-    for e in table:
-        st_dtype = np.dtype(stored_leaves[e.path].dtype)
-        sharding = (sharding_fn(e.path, e.shape) if sharding_fn else None) or default
-        specs[e.path] = ocp.ArrayRestoreArgs(sharding=sharding, global_shape=e.shape, dtype=target or st_dtype)
-    nbytes = {p: math.prod(a.global_shape) * np.dtype(a.dtype).itemsize for p, a in specs.items()}
-    order = sorted(specs, key=lambda p: -nbytes[p])
-    groups = [order] if sum(nbytes.values()) <= ONE_CALL_MAX_BYTES else [[p] for p in order]
+    dtypes = {e.path: target or np.dtype(get_path(arrays, e.path).dtype.numpy_dtype) for e in table}
     params: dict[str, Any] = {}
-    for group in groups:
-        item: dict[str, Any] = {}
-        args: dict[str, Any] = {}
-        for p in group:
-            a = specs[p]
-            set_path(item, p, jax.ShapeDtypeStruct(a.global_shape, a.dtype, sharding=a.sharding))
-            set_path(args, p, a)
-        try:
-            got = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
-                                                                        partial_restore=True))
-        except Exception as e:
-            names = ", ".join("/".join(p) for p in group[:3]) + (" ..." if len(group) > 3 else "")
-            raise CheckpointError(f"{params_dir}: cannot restore {names} ({type(e).__name__}: {e})") from e
-        for p, leaf in flatten(got).items():
-            set_path(params, p, leaf)
-        del got
-        gc.collect()  # release orbax's host staging buffers before the next parameter
+    with progress(sum(math.prod(e.shape) * dtypes[e.path].itemsize for e in table),
+                  f"loading {os.path.basename(path.rstrip('/'))}") as advance:
+        for e in sorted(table, key=lambda e: -math.prod(e.shape)):
+            arr, dt = get_path(arrays, e.path), dtypes[e.path]
+            sharding = sharding_fn(e.path, e.shape) if sharding_fn else None
+            try:
+                if sharding is None:
+                    value = place(_read_whole(arr, dt), None)
+                else:
+                    value = jax.make_array_from_callback(
+                        e.shape, sharding, lambda index, a=arr, d=dt: a[index].read().result().astype(d, copy=False)
+                    ).block_until_ready()
+            except Exception as err:
+                raise CheckpointError(f"{found[e.path]}: cannot read ({type(err).__name__}: {err})") from err
+            set_path(params, e.path, value)
+            release_memory()  # the host buffer sits in device_put's reference cycle until collected
+            advance(math.prod(e.shape) * dt.itemsize)
     return params, config, raw
+
+
+def _read_whole(arr: Any, dtype: np.dtype) -> np.ndarray:
+    """The whole array in one host buffer of `dtype`, filled one stored chunk-row at a time."""
+    import tensorstore as ts
+
+    buf = np.empty(arr.shape, dtype)
+    if not arr.shape:
+        buf[...] = arr.read().result()
+        return buf
+    step = arr.chunk_layout.read_chunk.shape[0] or arr.shape[0]
+    for r0 in range(0, arr.shape[0], step):
+        r1 = min(arr.shape[0], r0 + step)
+        if dtype == arr.dtype.numpy_dtype:  # decode straight into the buffer
+            ts.array(buf[r0:r1]).write(arr[r0:r1]).result()
+        else:
+            buf[r0:r1] = arr[r0:r1].read().result()
+    return buf

@@ -4,7 +4,7 @@ The layout follows what transformers 5.x `save_pretrained` writes, so an HF -> o
 same tensors (bitwise) under the same names: tensors in state-dict order, greedy sharding at `max_shard_bytes`
 (`model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`), each file's header sorted by name, tied
 heads not written, config.json in the source's dialect and model_type. Tensors are streamed to disk in row chunks
-of at most 64 MB, so export holds no second copy of the weights.
+of at most 64 MB, parameter by parameter, so export holds no second copy of the weights.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from bard_jax.hf.common import (
     parse_size,
     problems_error,
     progress,
+    release_memory,
 )
 from bard_jax.hf.table import Entry, flatten, get_path, hf_tensor_order, name_table
 from bard_jax.safetensors_io import NAMES as SAFETENSORS_DTYPES
@@ -74,8 +75,7 @@ def export_hf(
         with open(os.path.join(tmp, "config.json"), "w") as f:
             f.write(json.dumps(_hf_config(params, config, raw_hf_config), indent=2, sort_keys=True) + "\n")
         with progress(total, "exporting") as advance:
-            for fname, items in shards.items():
-                _write_safetensors(os.path.join(tmp, fname), params, items, advance)
+            _write_files(tmp, params, table, shards, advance)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_parameters": sum(math.prod(e.shape) for e in table), "total_size": total},
@@ -122,38 +122,66 @@ def _split(order: list[tuple[str, Entry, int]], sizes: dict[str, int], limit: in
     return {f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors": s for k, s in enumerate(shards)}
 
 
-def _write_safetensors(path: str, params: dict[str, Any], items: list[tuple[str, Entry, int]], advance) -> None:
-    """One safetensors file, header first, then each tensor streamed in row chunks.
+def _headers(params: dict[str, Any], shards: dict[str, list]) -> tuple[dict[str, bytes], dict[str, tuple[str, int]]]:
+    """Per file its header bytes, and per HF tensor (file, absolute byte offset of its data).
 
     Layout as the reference writer produces it: `__metadata__` first, tensors by descending dtype size then name,
-    header padded with spaces to a multiple of 8 bytes.
+    the header padded with spaces to a multiple of 8 bytes.
     """
-    def dtype_of(e: Entry) -> np.dtype:
-        return np.dtype(get_path(params, e.path).dtype)
-
-    items = sorted(items, key=lambda it: (-dtype_of(it[1]).itemsize, it[0]))
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, e, _ in items:
-        nbytes = math.prod(e.hf_shape) * dtype_of(e).itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype_of(e)], "shape": list(e.hf_shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for _, e, layer in items:
-            for chunk in _hf_chunks(get_path(params, e.path), e, layer):
-                f.write(chunk.reshape(-1).view(np.uint8))
-                advance(chunk.nbytes)
-        if f.tell() != 8 + len(blob) + offset:  # a short write would give a file that looks valid but is not
-            raise CheckpointError(f"{path}: wrote {f.tell()} bytes, expected {8 + len(blob) + offset}")
+    headers, where = {}, {}
+    for fname, items in shards.items():
+        dtypes = {name: np.dtype(get_path(params, e.path).dtype) for name, e, _ in items}
+        items = sorted(items, key=lambda it: (-dtypes[it[0]].itemsize, it[0]))
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offsets, offset = {}, 0
+        for name, e, _ in items:
+            nbytes = math.prod(e.hf_shape) * dtypes[name].itemsize
+            header[name] = {"dtype": SAFETENSORS_DTYPES[dtypes[name]], "shape": list(e.hf_shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            offsets[name] = offset
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        headers[fname] = struct.pack("<Q", len(blob)) + blob
+        where.update({name: (fname, 8 + len(blob) + off) for name, off in offsets.items()})
+    return headers, where
 
 
-def _hf_chunks(leaf: Any, e: Entry, layer: int) -> Iterator[np.ndarray]:
-    """One HF tensor (layer `layer` of our parameter) as C-contiguous row chunks [rows, prod(hf_shape[1:])]."""
+def _write_files(tmp: str, params: dict[str, Any], table: list[Entry], shards: dict[str, list], advance) -> None:
+    """Write all files at once, parameter by parameter (largest first), each tensor at its offset.
+
+    Parameter-major so that a parameter living on an accelerator is copied to the host once (one parameter at a
+    time), not once per layer; on CPU `np.asarray` is a view and nothing is copied.
+    """
+    headers, where = _headers(params, shards)
+    handles = {fname: open(os.path.join(tmp, fname), "wb") for fname in shards}
+    try:
+        for fname, fh in handles.items():
+            fh.write(headers[fname])
+        for e in sorted(table, key=lambda e: -math.prod(e.shape)):
+            host = np.asarray(get_path(params, e.path))
+            for layer, name in enumerate(e.hf_names):
+                fname, offset = where[name]
+                handles[fname].seek(offset)
+                for chunk in _hf_chunks(host, e, layer):
+                    handles[fname].write(chunk.reshape(-1).view(np.uint8))
+                    advance(chunk.nbytes)
+            del host
+            release_memory()
+    finally:
+        for fh in handles.values():
+            fh.close()
+    for fname, items in shards.items():  # a short write would leave a file that looks valid but is not
+        want = max(where[n][1] + math.prod(e.hf_shape) * np.dtype(get_path(params, e.path).dtype).itemsize
+                   for n, e, _ in items) if items else len(headers[fname])
+        got = os.path.getsize(os.path.join(tmp, fname))
+        if got != want:
+            raise CheckpointError(f"{os.path.join(tmp, fname)}: wrote {got} bytes, expected {want}")
+
+
+def _hf_chunks(leaf: np.ndarray, e: Entry, layer: int) -> Iterator[np.ndarray]:
+    """One HF tensor (layer `layer` of our parameter) as C-contiguous row chunks [rows, prod(hf_shape[1:])]
+    (views for copies, one chunk-sized copy for transposes)."""
     rows = e.hf_shape[0]
     cols = math.prod(e.hf_shape[1:])
     step = max(1, CHUNK_BYTES // max(1, cols * np.dtype(leaf.dtype).itemsize))
@@ -161,7 +189,7 @@ def _hf_chunks(leaf: Any, e: Entry, layer: int) -> Iterator[np.ndarray]:
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         if e.transform == "copy":  # our layout == HF layout: HF rows are our leading axis
-            part = np.asarray(leaf[lead + (slice(r0, r1),)])
+            part = leaf[lead + (slice(r0, r1),)]
         else:  # linear / conv: our kernel is [in..., out]; HF rows are our last axis
-            part = np.asarray(leaf[lead + (slice(None), slice(r0, r1))]).T
+            part = leaf[lead + (slice(None), slice(r0, r1))].T
         yield np.ascontiguousarray(part).reshape(r1 - r0, cols)

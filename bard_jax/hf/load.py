@@ -8,7 +8,6 @@ first, so the peak is about the whole model plus the smallest parameter's buffer
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 
 from bard_jax.config import ConfigError, ModelConfig
-from bard_jax.hf.common import CheckpointError, problems_error, progress, resolve_dtype
+from bard_jax.hf.common import CheckpointError, problems_error, progress, release_memory, resolve_dtype
 from bard_jax.hf.table import IGNORED_SUFFIXES, Entry, canonical_name, name_table, set_path
 from bard_jax.safetensors_io import SafetensorsError, SafetensorsFile
 
@@ -233,18 +232,18 @@ def load_hf_params(
         params: dict[str, Any] = {}
         with progress(total, f"loading {os.path.basename(path.rstrip('/'))}") as advance:
             for entry in sorted(table, key=lambda e: -math.prod(e.shape)):
-                buf = _assemble(ckpt, entry, target)
+                buf = assemble(ckpt, entry, target)
                 advance(buf.nbytes)
                 sharding = sharding_fn(entry.path, entry.shape) if sharding_fn else None
-                set_path(params, entry.path, _place(buf, sharding))
-                # device_put leaves the host buffer in a reference cycle; collect it now so that at most one
+                set_path(params, entry.path, place(buf, sharding))
+                # device_put leaves the host buffer in a reference cycle; free it now so that at most one
                 # parameter's host copy ever exists (the loader's peak-memory guarantee).
                 del buf
-                gc.collect()
+                release_memory()
     return params
 
 
-def _assemble(ckpt: HFCheckpoint, entry: Entry, target: np.dtype | None) -> np.ndarray:
+def assemble(ckpt: HFCheckpoint, entry: Entry, target: np.dtype | None) -> np.ndarray:
     """Our parameter as one host array: each HF tensor read in row chunks straight into its slot."""
     stored = [ckpt.info(n)["dtype"] for n in entry.hf_names]
     buf = np.empty(entry.shape, target or np.result_type(*stored))
@@ -264,7 +263,7 @@ def _assemble(ckpt: HFCheckpoint, entry: Entry, target: np.dtype | None) -> np.n
     return buf
 
 
-def _place(buf: np.ndarray, sharding: Any) -> jax.Array:
+def place(buf: np.ndarray, sharding: Any) -> jax.Array:
     if sharding is None:
         arr = jax.device_put(buf)
     else:
