@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -59,6 +60,16 @@ def _parts(table: list[Entry], nbytes: dict[tuple[str, ...], int]) -> list[list[
         parts[-1].append(e)
         size += nbytes[e.path]
     return parts
+
+
+class _QuietOcdbtMerge(logging.Filter):
+    """Without OCDBT orbax logs a warning per save that it found no OCDBT files to merge: expected, drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietOcdbtMerge())
 
 
 def _save_part(params_dir: str, k: int, tree: dict[str, Any]) -> None:
