@@ -3,6 +3,7 @@ bad input)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -204,3 +205,148 @@ def test_two_workers_give_the_same_batches_and_resume(synthetic):
     for w, g in zip(want, got):
         for k in w:
             np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+
+def hf_video_processor(proc: Processor):
+    """transformers' Qwen3-VL video processor with the processor's settings. Its pixel path needs torchvision
+    (not installable next to the CPU torch), so tests use its frame sampling, resize rule and patch layout."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    v = proc.video_settings
+    return Qwen3VLVideoProcessor(size={"shortest_edge": v.min_pixels, "longest_edge": v.max_pixels}, fps=v.fps,
+                                 min_frames=v.min_frames, max_frames=v.max_frames,
+                                 patch_size=proc.settings.patch_size, merge_size=proc.settings.merge_size,
+                                 temporal_patch_size=proc.settings.temporal_patch_size)
+
+
+def test_video_frames_match_transformers_sampling_resize_layout_and_times(synthetic):
+    import torch
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_video_resize
+    from transformers.video_utils import VideoMetadata
+
+    proc = Processor.from_pretrained(synthetic)
+    s, hv = proc.settings, hf_video_processor(proc)
+    rng = np.random.default_rng(7)
+    # (frames, height, width, native fps): few frames (min_frames clamp), odd counts (last patch padded), long
+    # clips (fps sampling and max_frames), tiny frames (scaled up), large frames (max_pixels clamp).
+    clips = [(3, 40, 60, 24.0), (5, 64, 96, 2.0), (9, 50, 50, 4.0), (40, 100, 80, 10.0), (200, 30, 140, 25.0),
+             (6, 20, 20, 3.0), (7, 300, 200, 30.0)]
+    for f, h, w, fps in clips:
+        frames = rng.integers(0, 256, (f, h, w, 3), dtype=np.uint8)
+        pv, grid, times = proc.process_videos([frames], fps=fps)
+        keep = hv.sample_frames(VideoMetadata(total_num_frames=f, fps=fps))
+        rh, rw = hf_video_resize(len(keep), h, w, temporal_factor=s.temporal_patch_size, factor=s.factor,
+                                 min_pixels=hv.size.shortest_edge, max_pixels=hv.size.longest_edge)
+        # Reference pixels: PIL bicubic per sampled frame (our documented resize), then transformers' patchify.
+        norm = np.stack([(np.asarray(Image.fromarray(frames[i]).resize((rw, rh), Image.Resampling.BICUBIC),
+                                     np.float32) / 255 - 0.5) / 0.5 for i in keep]).transpose(0, 3, 1, 2)
+        ref, gt, gh, gw = hv.patchify(torch.from_numpy(norm)[None], patch_size=s.patch_size,
+                                      merge_size=s.merge_size, temporal_patch_size=s.temporal_patch_size)
+        np.testing.assert_array_equal(grid, [[gt, gh, gw]])
+        assert np.abs(pv - ref[0].numpy()).max() <= 1e-5, (f, h, w)
+        ref_times = Qwen3VLProcessor._calculate_timestamps(None, list(keep), fps, s.temporal_patch_size)
+        np.testing.assert_allclose(times[0], ref_times, rtol=0, atol=1e-12)
+
+
+def test_video_token_ids_match_transformers_processor(synthetic):
+    """transformers' processor expands the video placeholder from the grid and frame metadata its own video
+    processor would produce (sampling and resize rule computed by transformers; pixels not compared here)."""
+    from transformers.feature_extraction_utils import BatchFeature
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_video_resize
+    from transformers.video_utils import VideoMetadata
+
+    proc = Processor.from_pretrained(synthetic)
+    s, hv = proc.settings, hf_video_processor(proc)
+    fps = {0: 6.0, 1: 24.0}
+
+    class GridOnly(type(hv)):
+        def __call__(self, videos, **kwargs):
+            grids, metas = [], []
+            for i, v in enumerate(videos):
+                meta = VideoMetadata(total_num_frames=len(v), fps=fps[i])
+                meta.frames_indices = hv.sample_frames(meta)
+                n = len(meta.frames_indices)
+                rh, rw = hf_video_resize(n, v.shape[1], v.shape[2], temporal_factor=2, factor=s.factor,
+                                         min_pixels=hv.size.shortest_edge, max_pixels=hv.size.longest_edge)
+                grids.append([-(-n // 2), rh // s.patch_size, rw // s.patch_size])
+                metas.append(meta)
+            return BatchFeature({"video_grid_thw": np.asarray(grids), "video_metadata": metas})
+
+    hp = hf_processor(proc)
+    hp.video_processor = object.__new__(GridOnly)
+    hp.video_processor.__dict__.update(hv.__dict__)
+    rng = np.random.default_rng(1)
+    videos = [rng.integers(0, 256, (11, 70, 90, 3), dtype=np.uint8), rng.integers(0, 256, (30, 50, 64, 3),
+                                                                                  dtype=np.uint8)]
+    image = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    messages = [{"role": "user", "content": [{"type": "video", "video": videos[0], "fps": fps[0]},
+                                             {"type": "image", "image": image},
+                                             {"type": "text", "text": "what moves ?"},
+                                             {"type": "video", "video": videos[1]}]}]
+    text = proc.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ref = hp(text=[text], images=[image], videos=videos, return_tensors="np")
+    ours = proc.encode_chat(messages)
+    np.testing.assert_array_equal(ours["video_grid_thw"], ref["video_grid_thw"])
+    np.testing.assert_array_equal(ours["input_ids"], ref["input_ids"])
+    np.testing.assert_array_equal(ours["mm_token_type_ids"], ref["mm_token_type_ids"])
+    assert (ours["mm_token_type_ids"] == 2).sum() == (ours["video_grid_thw"].prod(-1) // 4).sum()
+
+
+def test_video_file_decoding_and_bad_videos(synthetic, tmp_path):
+    av = pytest.importorskip("av")  # the `video` extra; installed with the test extras
+    proc = Processor.from_pretrained(synthetic)
+    path = str(tmp_path / "clip.mp4")
+    with av.open(path, "w") as out:
+        stream = out.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(16):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    messages = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}]
+    enc = proc.encode_chat(messages, image_root=str(tmp_path))
+    # 16 frames at 8 fps = 2 s -> 4 sampled frames (2 per second, at least min_frames) -> 2 temporal patches.
+    assert enc["video_grid_thw"][0, 0] == 2
+    text = proc.tokenizer.decode(enc["input_ids"][0])
+    assert text.count("<|video_pad|>") == enc["video_grid_thw"].prod() // 4
+
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(DataError, match="broken.mp4"):
+        proc.encode_chat([{"role": "user", "content": [{"type": "video", "video": "broken.mp4"}]}],
+                         image_root=str(tmp_path))
+    with pytest.raises(DataError, match="frames"):
+        proc.encode_chat([{"role": "user", "content": [{"type": "video", "video": []}]}])
+
+
+def test_worker_failures_surface_in_the_main_process(synthetic, tmp_path):
+    """A strict-mode error raised inside a worker reaches the caller with the file and line; a worker that cannot
+    start (its processor directory vanished) gives a clear error instead of a hang."""
+    import shutil
+
+    lines = open(os.path.join(synthetic, "train.jsonl")).read().splitlines()[:8]
+    broken = json.loads(lines[2])
+    broken["messages"][0]["content"][0]["image"] = "images/missing.png"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines[:2] + [json.dumps(broken)] + lines[3:]) + "\n")
+    proc = Processor.from_pretrained(synthetic)
+    records, _ = read_jsonl(str(bad))
+    cfg = PipelineConfig(global_batch_size=8, block_size=4, length_buckets=(256,), pixel_rows=32, max_images=1,
+                         strict=True, workers=2)
+    s = TrainStream(records, proc, cfg, image_root=synthetic, processor_dir=os.path.join(synthetic, "tokenizer"))
+    try:
+        with pytest.raises(DataError, match=r"bad\.jsonl:3: image .*missing\.png cannot be read"):
+            s.next_batch()
+    finally:
+        s.close()
+
+    gone = tmp_path / "gone"
+    shutil.copytree(os.path.join(synthetic, "tokenizer"), gone)
+    records, _ = read_jsonl(os.path.join(synthetic, "train.jsonl"))
+    s = TrainStream(records, proc, dataclasses.replace(cfg, strict=False), image_root=synthetic,
+                    processor_dir=str(gone))
+    shutil.rmtree(gone)  # workers spawn on first use and fail to load the processor
+    try:
+        with pytest.raises(DataError, match="data worker process died"):
+            s.next_batch()
+    finally:
+        s.close()

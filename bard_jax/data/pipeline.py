@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import dataclasses
 import json
 import logging
@@ -128,9 +129,15 @@ class TrainStream:
         if self._pool is None:
             return [self.example(p) for p in positions]
         out = []
-        for sample, skipped in self._pool.map(_worker_example, positions, chunksize=max(1, len(positions) // 8)):
-            self.skipped.update(skipped)
-            out.append(sample)
+        try:
+            for sample, skipped in self._pool.map(_worker_example, positions,
+                                                  chunksize=max(1, len(positions) // 8)):
+                self.skipped.update(skipped)
+                out.append(sample)
+        except concurrent.futures.process.BrokenProcessPool as e:
+            # A worker that died (or whose start-up failed: its traceback is in the log) must not hang the run.
+            self.close()
+            raise DataError(f"a data worker process died ({e}); see its traceback above") from e
         return out
 
     # ------------------------------------------------------------------------------------------ state
@@ -149,6 +156,8 @@ class TrainStream:
             enc = self.proc.encode_training_sample(rec["messages"], image_root=self.root)
             grid = enc.get("image_grid_thw", np.zeros((0, 3), np.int64))
             pixels = enc.get("pixel_values", np.zeros((0, self.patch_dim), np.float32))
+            if "video_grid_thw" in enc:
+                raise DataError("videos are not supported in training batches (images only)")
             if len(grid) > self.cfg.max_images or len(pixels) > self.cfg.pixel_rows:
                 raise DataError(f"{len(grid)} images / {len(pixels)} pixel rows exceed the static limits "
                                 f"({self.cfg.max_images} / {self.cfg.pixel_rows})")

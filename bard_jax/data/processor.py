@@ -1,13 +1,21 @@
-"""`Processor`: tokenizer + Qwen3-VL image settings from one directory; chat samples to model inputs.
+"""`Processor`: tokenizer + Qwen3-VL image and video settings from one directory; chat samples to model inputs.
 
 encode_chat renders the checkpoint's chat template, expands each image placeholder to (h/32)*(w/32) image-pad
-tokens, and tokenizes (the same ids as transformers' Qwen3-VL processor). encode_training_sample also splits the
-rendered sample into the prefix and the target response of spec section 3 (the last assistant turn through its
-`<|im_end|>`).
+tokens and each video placeholder to one timestamped group of video-pad tokens per temporal patch, and tokenizes
+(the same ids as transformers' Qwen3-VL processor).
+
+Content parts: `{"type": "text", "text": ...}`, `{"type": "image", "image": PIL image or path}`,
+`{"type": "video", "video": ..., "fps": native frame rate}` where the video is a file path (decoded with PyAV), a
+list of frames (PIL images or image paths) or an array [F, H, W, 3] uint8; frames are sampled at the processor's
+`fps` (2 per second by default) from the native rate (24 when not given, as transformers assumes).
+
+encode_training_sample also splits the rendered sample into the prefix and the target response of spec section 3
+(the last assistant turn through its `<|im_end|>`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bard_jax.data.image import ImageSettings, process_images
+from bard_jax.data.video import Video, VideoSettings, as_video, process_videos, read_video
 
 _ASSISTANT_NEWLINES = re.compile(r"(<\|im_start\|>assistant)\n+")
 
@@ -26,11 +35,13 @@ class DataError(ValueError):
 
 
 class Processor:
-    def __init__(self, tokenizer: Any, settings: ImageSettings):
+    def __init__(self, tokenizer: Any, settings: ImageSettings, video_settings: VideoSettings | None = None):
         self.tokenizer = tokenizer
         self.settings = settings
+        self.video_settings = video_settings or VideoSettings()
         tid = tokenizer.convert_tokens_to_ids
         self.image_pad_id = tid("<|image_pad|>")
+        self.video_pad_id = tid("<|video_pad|>")
         self.im_start_id = tid("<|im_start|>")
         self.im_end_id = tid("<|im_end|>")
         self.assistant_header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
@@ -56,13 +67,49 @@ class Processor:
             image_std=tuple(raw.get("image_std", (0.5, 0.5, 0.5))),
             rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
         )
-        return cls(tokenizer, settings)
+        video_path = os.path.join(tok_dir, "video_preprocessor_config.json")
+        video_raw = json.load(open(video_path)) if os.path.isfile(video_path) else {}
+        return cls(tokenizer, settings, VideoSettings.from_dict(video_raw))
 
     def process_images(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         return process_images(images, self.settings)
 
-    def _images_of(self, messages: list[dict], image_root: str | None) -> list[Image.Image]:
-        images = []
+    def process_videos(self, videos: list[Any], fps: float | list[float] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, list[list[float]]]:
+        """Videos (frame lists, arrays [F, H, W, 3] or `Video`s) -> (pixel_values_videos [N, C*2*16*16],
+        video_grid_thw [n, 3], seconds of each temporal patch per video); `fps` is the native frame rate."""
+        rates = fps if isinstance(fps, (list, tuple)) else [fps] * len(videos)
+        clips = [v if isinstance(v, Video) else as_video(v, r) for v, r in zip(videos, rates)]
+        try:
+            return process_videos(clips, self.settings, self.video_settings)
+        except ValueError as e:
+            raise DataError(str(e)) from e
+
+    @staticmethod
+    def _open_image(src: Any, image_root: str | None) -> Image.Image:
+        if isinstance(src, Image.Image):
+            return src
+        path = os.path.join(image_root or "", src)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise DataError(f"image {path} cannot be read ({e})") from e
+
+    def _video_of(self, part: dict, image_root: str | None) -> Video:
+        src, fps = part.get("video"), part.get("fps")
+        try:
+            if isinstance(src, str):
+                return read_video(os.path.join(image_root or "", src)) if fps is None else dataclasses.replace(
+                    read_video(os.path.join(image_root or "", src)), native_fps=float(fps))
+            if isinstance(src, np.ndarray):
+                return as_video(src, fps)
+            return as_video([self._open_image(f, image_root) for f in src or []], fps)
+        except ValueError as e:
+            raise DataError(str(e)) from e
+
+    def _visuals_of(self, messages: list[dict], image_root: str | None) -> tuple[list[Image.Image], list[Video]]:
+        images, videos = [], []
         for m in messages:
             content = m.get("content")
             if isinstance(content, str):
@@ -70,27 +117,37 @@ class Processor:
             for part in content:
                 kind = part.get("type")
                 if kind == "image":
-                    src = part.get("image")
-                    if isinstance(src, Image.Image):
-                        images.append(src)
-                        continue
-                    path = os.path.join(image_root or "", src)
-                    try:
-                        with Image.open(path) as im:
-                            images.append(im.convert("RGB"))
-                    except (OSError, ValueError) as e:
-                        raise DataError(f"image {path} cannot be read ({e})") from e
+                    images.append(self._open_image(part.get("image"), image_root))
+                elif kind == "video":
+                    videos.append(self._video_of(part, image_root))
                 elif kind != "text":
                     raise DataError(f"unknown content type {kind!r}")
-        return images
+        return images, videos
+
+    def _expand_videos(self, text: str, grids: np.ndarray, times: list[list[float]]) -> str:
+        """Each video pad -> per temporal patch `<t seconds><|vision_start|>pads<|vision_end|>` (the template's
+        own vision start/end stay around the whole video, as in transformers)."""
+        pieces = text.split("<|video_pad|>")
+        if len(pieces) - 1 != len(grids):
+            raise DataError(f"{len(pieces) - 1} video placeholders for {len(grids)} videos")
+        unit = self.settings.merge_size**2
+        out = pieces[0]
+        for g, secs, piece in zip(grids, times, pieces[1:]):
+            per_frame = int(g[1] * g[2] // unit)
+            out += "".join(f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_frame + "<|vision_end|>"
+                           for t in secs[: int(g[0])]) + piece
+        return out
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
                     image_root: str | None = None) -> dict[str, np.ndarray]:
-        """input_ids [1, T], attention_mask [1, T], mm_token_type_ids [1, T], pixel_values, image_grid_thw."""
-        images = self._images_of(messages, image_root)
+        """input_ids [1, T], attention_mask [1, T], mm_token_type_ids [1, T] (1 image, 2 video), and when present
+        pixel_values / image_grid_thw and pixel_values_videos / video_grid_thw."""
+        images, videos = self._visuals_of(messages, image_root)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         text = _ASSISTANT_NEWLINES.sub(r"\1\n", text)
         pixel_values, grid = self.process_images(images)
+        video_pixels, video_grid, video_times = self.process_videos(videos)
+        text = self._expand_videos(text, video_grid, video_times)
         pieces = text.split("<|image_pad|>")
         if len(pieces) - 1 != len(images):
             raise DataError(f"{len(pieces) - 1} image placeholders for {len(images)} images")
@@ -102,10 +159,12 @@ class Processor:
         out = {
             "input_ids": ids,
             "attention_mask": np.ones_like(ids),
-            "mm_token_type_ids": (ids == self.image_pad_id).astype(np.int64),
+            "mm_token_type_ids": (ids == self.image_pad_id).astype(np.int64) + 2 * (ids == self.video_pad_id),
         }
         if images:
             out["pixel_values"], out["image_grid_thw"] = pixel_values, grid
+        if videos:
+            out["pixel_values_videos"], out["video_grid_thw"] = video_pixels, video_grid
         return out
 
     def encode_training_sample(self, messages: list[dict], image_root: str | None = None) -> dict[str, Any]:

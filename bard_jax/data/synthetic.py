@@ -41,6 +41,7 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -122,6 +123,12 @@ def build_tokenizer(out_dir: str) -> None:
         json.dump({"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16, "temporal_patch_size": 2,
                    "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
                    "size": {"shortest_edge": 64 * 64, "longest_edge": 128 * 128}}, f, indent=2, sort_keys=True)
+    with open(os.path.join(out_dir, "video_preprocessor_config.json"), "w") as f:  # small clips for the tiny model
+        json.dump({"video_processor_type": "Qwen3VLVideoProcessor", "patch_size": 16, "temporal_patch_size": 2,
+                   "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "fps": 2,
+                   "min_frames": 4, "max_frames": 16, "do_sample_frames": True,
+                   "size": {"shortest_edge": 4 * 64 * 64, "longest_edge": 16 * 128 * 128}}, f, indent=2,
+                  sort_keys=True)
     with open(os.path.join(out_dir, "task.json"), "w") as f:
         json.dump({"vocab_size": len(fast), "mask_token_id": ids["<|mask|>"], "eos_token_id": ids["<|im_end|>"],
                    "pad_token_id": ids["<|im_end|>"], "special_ids": ids, "question_types": list(QTYPES)}, f,
