@@ -138,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics = jax.device_get(metrics)
             if not bool(metrics["finite"]):
                 ids = np.asarray(host_batch.get("example_index", [])).tolist()
+                kept = (f"the last good checkpoint ({last_saved}) is kept in {ckpt.directory}" if last_saved is not None
+                        else f"no checkpoint had been saved yet in {ckpt.directory}")
                 raise TrainingError(
                     f"non-finite loss at step {step + 1} (loss={float(metrics['loss'])}, "
                     f"grad_norm={float(metrics['grad_norm'])}) on examples {ids}; the update was not applied and "
-                    f"the last good checkpoint ({last_saved}) is kept in {ckpt.directory}"
+                    f"{kept}"
                 )
             step += 1
             metrics["step_seconds"] = time.time() - t0
