@@ -76,8 +76,13 @@ def _save_part(params_dir: str, k: int, tree: dict[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
     save_args = jax.tree_util.tree_map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), tree)
+    # One writer: in a multi-process run only the calling process saves (the train export gathers to process 0),
+    # so orbax must not wait at barriers for processes that never make this call.
+    me = jax.process_index()
+    single = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     # Plain zarr v2 arrays (no OCDBT): one directory per array, which load_converted reads chunk by chunk.
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False)) as ckptr:
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False, multiprocessing_options=single)
+    with ocp.Checkpointer(handler, multiprocessing_options=single) as ckptr:
         ckptr.save(os.path.join(params_dir, f"part-{k:05d}"), args=ocp.args.PyTreeSave(tree, save_args=save_args))
 
 
@@ -102,6 +107,7 @@ def save_converted(
 ) -> str:
     """Write our format to `out_dir` (atomically); returns its path.
 
+    Written by the calling process alone (in a multi-process run: one process, holding the whole tree).
     params: our tree (jax or numpy arrays, any sharding). raw_hf_config: the original config.json dict (None: a
     fresh 5.x qwen3_vl config). side_files_from: a directory whose tokenizer / processor files are copied along.
     """

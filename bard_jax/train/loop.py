@@ -153,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.stop_at_step and step >= cfg.stop_at_step and step < cfg.steps:
                 stop.signal_name = f"stop_at_step={cfg.stop_at_step}"
                 stop.request()
+            if jax.process_count() > 1 and any_process(stop.stop) and not stop.stop:
+                # A signal reaches the processes at different times: all stop after the same step, or the
+                # collective checkpoint save would wait for a process that went on training.
+                stop.signal_name = "stop requested by another process"
+                stop.request()
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.stop:
                 save(ckpt, step, state, run, fingerprint)
                 last_saved = step
@@ -167,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     setup.export(cfg, model_config, state.params, run)
     ckpt.close()
     return 0
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any (a collective: all processes must call it)."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))
 
 
 def save(ckpt: Checkpointer, step: int, state: TrainState, run: Any, fingerprint: dict[str, Any]) -> None:

@@ -51,7 +51,16 @@ def _synthetic_dir(cfg: TrainConfig) -> str:
         from bard_jax.data.synthetic import generate
 
         generate(out, d.synthetic_n, d.synthetic_seed, d.synthetic_eval_n)
+    sync_processes("synthetic data")  # the other processes read what process 0 generated
     return out
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-process run (a no-op in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"bard_jax: {name}")
 
 
 def raw_config_of_dir(path: str) -> dict[str, Any]:
@@ -183,13 +192,22 @@ def teacher_params(cfg: TrainConfig, model_config: ModelConfig, mesh) -> Any:
 
 
 def export(cfg: TrainConfig, model_config: ModelConfig, params: Any, run: Run) -> None:
-    """WORKDIR/export (our format, the next stage's init_from) and WORKDIR/export_hf (an HF directory)."""
-    if jax.process_count() > 1:  # every process takes part in the gather; process 0 writes
+    """WORKDIR/export (our format, the next stage's init_from) and WORKDIR/export_hf (an HF directory).
+
+    Collective in a multi-process run: every process takes part in the gather, process 0 writes, and no process
+    returns before the export is complete (a process that exits early would leave the others at jax.distributed's
+    shutdown barrier).
+    """
+    if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         params = multihost_utils.process_allgather(params, tiled=True)
-    if jax.process_index() != 0:
-        return
+    if jax.process_index() == 0:
+        _write_export(cfg, model_config, params, run)
+    sync_processes("export written")
+
+
+def _write_export(cfg: TrainConfig, model_config: ModelConfig, params: Any, run: Run) -> None:
     init = resolve_weights(cfg.model.init_from)
     raw = raw_config_of_dir(init) if init else None
     params = jax.device_get(params)
