@@ -57,7 +57,7 @@ def start_two(workdir, data, steps, tag=""):
     return procs, logs
 
 
-def finish(procs, logs, timeout=600) -> list[str]:
+def finish(procs, logs, timeout=400) -> list[str]:
     deadline = time.time() + timeout
     try:
         for p in procs:

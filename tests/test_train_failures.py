@@ -159,6 +159,15 @@ def test_checkpoint_of_another_recipe_shape_is_refused_before_compiling_and_left
     assert tree_digest(straight) == before  # checkpoint, metrics and export untouched
 
 
+def test_micro_batch_that_the_mesh_cannot_split_is_a_clear_error(root):
+    for extra in ((), ("--dry-run",)):
+        r = run(root / "split", "--recipe.mesh.data", "1", "--recipe.mesh.fsdp", "8", *extra,
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+        assert r.returncode != 0
+        assert ("data.micro_batch_size 4 is not a multiple of the mesh's batch shards (data 1 x fsdp 8 = 8)"
+                in r.stderr), r.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------------------------ SWD inputs
 @pytest.fixture(scope="module")
 def tiny():

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args, overrides)
     maybe_init_distributed(args)
     mesh = make_mesh(cfg.mesh.shape())
+    check_batch_fits_mesh(cfg, mesh)
 
     from bard_jax.train import setup  # the pieces that touch data, weights and objectives
 
@@ -172,6 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     setup.export(cfg, model_config, state.params, run)
     ckpt.close()
     return 0
+
+
+def check_batch_fits_mesh(cfg: TrainConfig, mesh) -> None:
+    """Each micro-batch is split over the (data, fsdp) mesh axes: say so before any array is placed."""
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.data.micro_batch_size % ways:
+        raise TrainingError(
+            f"data.micro_batch_size {cfg.data.micro_batch_size} is not a multiple of the mesh's batch shards "
+            f"(data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} = {ways}): each micro-batch is split over "
+            f"them; set data.micro_batch_size to a multiple of {ways}"
+        )
 
 
 def any_process(flag: bool) -> bool:
