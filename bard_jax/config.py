@@ -335,6 +335,16 @@ PRESETS: dict[str, ModelConfig] = {
                      num_position_embeddings=64, deepstack_visual_indexes=(0,)),
         tie=True,
     ).replace(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003),
+    # Mini-BARD's model (python -m bard_jax.minibard): big enough to read the synthetic scenes, small enough to
+    # train from scratch on a CPU in minutes. Vocabulary and special ids come from the task's tokenizer.
+    "mini": _preset(
+        TextConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=64, mrope_section=(12, 10, 10),
+                   max_position_embeddings=4096),
+        VisionConfig(depth=2, hidden_size=64, intermediate_size=192, num_heads=2, out_hidden_size=128,
+                     num_position_embeddings=64, deepstack_visual_indexes=(0,)),
+        tie=True,
+    ).replace(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003),
 }
 
 
