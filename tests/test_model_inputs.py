@@ -9,7 +9,7 @@ from transformers import Qwen3VLForConditionalGeneration
 
 import bard_jax as bj
 from bard_jax.model.attention import TokenInfo
-from bard_jax.model.inputs import batched_vision_inputs, text_positions
+from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example, text_positions
 from bard_jax.model.positions import rope_position_ids
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network
@@ -37,7 +37,7 @@ def test_per_example_vision_layout_equals_separate_forwards(tiny):
     ]
     net, p = network(cfg), {"params": params}
     pix, meta, windows = batched_vision_inputs(cfg, pixels, grids, ids)
-    vision = net.apply(p, pix, meta, method=Qwen3VL.encode_vision)
+    vision = encode_vision_per_example(net, p, pix, meta)
     x, deep = net.apply(p, jnp.asarray(ids), vision, windows, method=Qwen3VL.embed)
     pos = jnp.concatenate([text_positions(cfg, ids[i : i + 1], np.ones((1, 13), bool), grids[i])[0] for i in (0, 1)], 1)
     h, _ = net.apply(p, x, pos, TokenInfo.causal(jnp.ones((2, 13), bool)), deep, method=Qwen3VL.decode)

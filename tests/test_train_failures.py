@@ -201,9 +201,20 @@ class Recording:
         self.net, self.log, self.built_with = net, log, built_with
 
     def apply(self, variables, *args, method=None, **kwargs):
-        self.log.append({"method": method.__name__, "args": args, "params": variables["params"],
-                         "built_with": self.built_with})
+        if method.__name__ != "encode_vision":  # runs under vmap: recorded by `recording_vision` instead
+            self.log.append({"method": method.__name__, "args": args, "params": variables["params"],
+                             "built_with": self.built_with})
         return self.net.apply(variables, *args, method=method, **kwargs)
+
+
+def recording_vision(real, log):
+    """Wraps `encode_vision_per_example`: records the per-example pixels and metadata each model's tower gets."""
+
+    def encode(net, variables, pixels_bpc, meta_bp):
+        log.append({"method": "encode_vision", "args": (pixels_bpc, meta_bp), "params": variables["params"]})
+        return real(net, variables, pixels_bpc, meta_bp)
+
+    return encode
 
 
 def test_swd_teacher_and_student_see_the_same_inputs_only_the_mask_differs(tiny, monkeypatch):
@@ -215,6 +226,8 @@ def test_swd_teacher_and_student_see_the_same_inputs_only_the_mask_differs(tiny,
     log: list[dict] = []
     real = losses_lib.network
     monkeypatch.setattr(losses_lib, "network", lambda *a: Recording(real(*a), log, a))
+    monkeypatch.setattr(losses_lib, "encode_vision_per_example",
+                        recording_vision(losses_lib.encode_vision_per_example, log))
 
     @jax.jit
     def traced(params, teacher_params, batch):  # returns what each forward was given (traced once)
@@ -251,8 +264,7 @@ def test_swd_teacher_and_student_see_the_same_inputs_only_the_mask_differs(tiny,
 
     # pixels and patch metadata
     same(s["encode_vision"]["args"], t["encode_vision"]["args"], "encode_vision")
-    np.testing.assert_array_equal(np.asarray(s["encode_vision"]["args"][0]),
-                                  np.asarray(batch["pixel_values"]).reshape(-1, c.vision.patch_dim))
+    np.testing.assert_array_equal(np.asarray(s["encode_vision"]["args"][0]), np.asarray(batch["pixel_values"]))
     # tokens (noisy copy included) and the image windows
     ids_s, _, win_s = s["embed"]["args"]
     ids_t, _, win_t = t["embed"]["args"]

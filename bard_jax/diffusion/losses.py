@@ -20,7 +20,7 @@ from bard_jax.config import ModelConfig
 from bard_jax.diffusion.layout import token_info
 from bard_jax.diffusion.noise import NoiseConfig, corrupt_batch
 from bard_jax.model.attention import NOISY, TokenInfo
-from bard_jax.model.inputs import batched_vision_inputs
+from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network, resolve_dtype
 
@@ -60,7 +60,7 @@ def _hidden(model_config: ModelConfig, obj: ObjectiveConfig, params: Any, batch:
     if "pixel_values" in batch:
         pix, meta, windows = batched_vision_inputs(model_config, batch["pixel_values"], batch["image_grid_thw"],
                                                    batch["input_ids"])
-        vision = net.apply(p, pix, meta, method=Qwen3VL.encode_vision)
+        vision = encode_vision_per_example(net, p, pix, meta)
     x, deep = net.apply(p, batch["input_ids"], vision, windows, method=Qwen3VL.embed)
     h, _ = net.apply(p, x, batch["positions"], info, deep, method=Qwen3VL.decode)
     return net, p, h

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bard_jax.diffusion.layout import collate_packed, pack_sample, token_info
-from bard_jax.model.inputs import batched_vision_inputs
+from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
 
@@ -48,7 +48,7 @@ def packed_logits(
     if pixel_values is not None:
         pixels = jnp.asarray(pixel_values)[None]
         pix, meta, windows = batched_vision_inputs(c, pixels, jnp.asarray(image_grid_thw)[None], batch["input_ids"])
-        vision = net.apply(p, pix, meta, method=Qwen3VL.encode_vision)
+        vision = encode_vision_per_example(net, p, pix, meta)
     x, deep = net.apply(p, batch["input_ids"], vision, windows, method=Qwen3VL.embed)
     h, _ = net.apply(p, x, batch["positions"], token_info(batch, block_size), deep, method=Qwen3VL.decode)
     return net.apply(p, h[0, -r:], method=Qwen3VL.logits)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from bard_jax.config import ModelConfig
 from bard_jax.model.positions import rope_position_ids, vision_patch_metadata
+from bard_jax.model.vlm import Qwen3VL
 
 
 class VisionInputs(NamedTuple):
@@ -113,7 +114,8 @@ def batched_vision_inputs(
       grid_bi3: [B, I, 3] each example's image grids (zero rows = padding).
       input_ids_bt: [B, T] token ids (image pads take their own example's windows, in order).
     Returns:
-      pixels [B*P, C], patch metadata over B*P rows (segments never cross examples), window index [B, T].
+      pixels [B, P, C], patch metadata [B, P, ...] per example, and the window index [B, T] into the
+      [B * P / merge_unit] rows that `encode_vision_per_example` returns.
     """
     v = config.vision
     b, p, c = pixels_bpc.shape
@@ -126,11 +128,20 @@ def batched_vision_inputs(
         )
 
     meta = jax.vmap(one)(jnp.asarray(grid_bi3, jnp.int32))
-    # Distinct segment ids per example (p bounds the number of segments of one example); padding stays negative.
-    offset = (jnp.arange(b, dtype=jnp.int32) * p)[:, None]
-    meta["segment"] = jnp.where(meta["segment"] >= 0, meta["segment"] + offset, -1)
-    meta = {k: x.reshape((b * p,) + x.shape[2:]) for k, x in meta.items()}
     is_img = input_ids_bt == config.image_token_id
     rank = jnp.cumsum(is_img, axis=-1) - 1
-    windows = jnp.where(is_img, rank + offset // v.merge_unit, 0).astype(jnp.int32)
-    return pixels_bpc.reshape(b * p, c), meta, windows
+    offset = (jnp.arange(b, dtype=jnp.int32) * (p // v.merge_unit))[:, None]
+    windows = jnp.where(is_img, rank + offset, 0).astype(jnp.int32)
+    return jnp.asarray(pixels_bpc), meta, windows
+
+
+def encode_vision_per_example(net: Any, variables: Any, pixels_bpc: jax.Array, meta_bp: dict[str, jax.Array]
+                              ) -> tuple[jax.Array, jax.Array]:
+    """The vision tower run on each example's rows separately (vmapped over the batch axis, so attention and its
+    memory stay per example and the batch axis stays sharded). Returns merged windows [B * M, D] and deepstack
+    rows [J, B * M, D] (M = P / merge_unit), the layout `Qwen3VL.embed` takes with the window index above."""
+    merged_bmd, deep_bjmd = jax.vmap(lambda x, m: net.apply(variables, x, m, method=Qwen3VL.encode_vision))(
+        pixels_bpc, meta_bp)
+    b, m, d = merged_bmd.shape
+    deep_jbmd = jnp.moveaxis(deep_bjmd, 0, 1)
+    return merged_bmd.reshape(b * m, d), deep_jbmd.reshape(deep_jbmd.shape[0], b * m, d)
