@@ -50,6 +50,7 @@ def test_demo_loss_falls(straight):
     assert (straight / "export" / "bard_jax_config.json").is_file()
 
 
+@pytest.mark.slow  # the default suite checks exact resume through SIGTERM (test_train_failures.py)
 def test_resume_is_exact(straight, tmp_path):
     w = tmp_path / "resumed"
     train(w, *FAST, "--recipe.steps", "24", "--recipe.ckpt_every", "100", "--recipe.stop_at_step", "12")
