@@ -100,8 +100,8 @@ class Processor:
         src, fps = part.get("video"), part.get("fps")
         try:
             if isinstance(src, str):
-                return read_video(os.path.join(image_root or "", src)) if fps is None else dataclasses.replace(
-                    read_video(os.path.join(image_root or "", src)), native_fps=float(fps))
+                video = read_video(os.path.join(image_root or "", src))
+                return video if fps is None else dataclasses.replace(video, native_fps=float(fps))
             if isinstance(src, np.ndarray):
                 return as_video(src, fps)
             return as_video([self._open_image(f, image_root) for f in src or []], fps)

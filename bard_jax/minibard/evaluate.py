@@ -96,8 +96,7 @@ def _score(tokens_n: np.ndarray, answer: list[int], eos: int, mask_id: int) -> t
     hits = np.nonzero(row == eos)[0]
     upto = row[: hits[0] + 1] if len(hits) else row
     n = len(answer)
-    acc = float(np.mean(row[:n] == np.asarray(answer))) if len(row) >= n else float(
-        np.mean(np.pad(row, (0, n - len(row)), constant_values=-1) == np.asarray(answer)))
+    acc = float(np.mean(np.pad(row[:n], (0, max(0, n - len(row))), constant_values=-1) == np.asarray(answer)))
     return upto.tolist() == answer, acc, int(np.sum(upto != mask_id))
 
 

@@ -83,16 +83,9 @@ def plots(results: dict[str, Any], losses: dict[str, list[tuple[int, float]]], o
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if name.startswith("swd") else "s--", label=name,
                 alpha=0.85)
     ax.axhline(100 * results["ar"]["exact_match"], color="k", lw=1, label="AR (1 token/forward)")
-    ax.set_xlabel("tokens per denoising forward")
-    ax.set_ylabel("exact match (%)")
-    ax.set_title("Mini-BARD: accuracy vs parallelism (static and dynamic decoding)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "minibard_accuracy_vs_tpf.png")
-    fig.savefig(path, dpi=110)
-    written.append(path)
-    plt.close(fig)
+    written.append(_finish(plt, fig, ax, "tokens per denoising forward", "exact match (%)",
+                           "Mini-BARD: accuracy vs parallelism (static and dynamic decoding)",
+                           os.path.join(out_dir, "minibard_accuracy_vs_tpf.png")))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     offset = 0
@@ -102,17 +95,22 @@ def plots(results: dict[str, Any], losses: dict[str, list[tuple[int, float]]], o
         ax.plot([offset + s for s, _ in pts], [v for _, v in pts], label=name)
         offset += pts[-1][0]
     ax.set_yscale("log")
-    ax.set_xlabel("optimizer step (stages in sequence)")
-    ax.set_ylabel("training loss")
-    ax.set_title("Mini-BARD training losses")
+    written.append(_finish(plt, fig, ax, "optimizer step (stages in sequence)", "training loss",
+                           "Mini-BARD training losses", os.path.join(out_dir, "minibard_losses.png")))
+    return written
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
+    """Label, grid, legend, save as PNG and close; returns the path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path = os.path.join(out_dir, "minibard_losses.png")
     fig.savefig(path, dpi=110)
-    written.append(path)
     plt.close(fig)
-    return written
+    return path
 
 
 def read_losses(workdir: str, names: list[str]) -> dict[str, list[tuple[int, float]]]:
