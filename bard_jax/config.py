@@ -341,7 +341,7 @@ PRESETS: dict[str, ModelConfig] = {
         TextConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, mrope_section=(12, 10, 10),
                    max_position_embeddings=4096),
-        VisionConfig(depth=2, hidden_size=64, intermediate_size=192, num_heads=2, out_hidden_size=128,
+        VisionConfig(depth=2, hidden_size=128, intermediate_size=384, num_heads=4, out_hidden_size=128,
                      num_position_embeddings=64, deepstack_visual_indexes=(0,)),
         tie=True,
     ).replace(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003),

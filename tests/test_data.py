@@ -116,6 +116,43 @@ def test_synthetic_generator_is_deterministic(tmp_path):
     assert len(answers) == 5
 
 
+def test_synthetic_digits_are_ten_distinct_glyphs_inside_every_shape():
+    from PIL import ImageDraw
+
+    from bard_jax.data.synthetic import COLORS, SHAPES, draw_digit, draw_scene
+
+    def glyph(digit):
+        img = Image.new("RGB", (12, 17), (0, 0, 0))
+        draw_digit(ImageDraw.Draw(img), 2, 2, digit)
+        return np.asarray(img)[..., 0] > 0
+
+    glyphs = [glyph(k) for k in range(10)]
+    assert len({g.tobytes() for g in glyphs}) == 10
+    # Seven-segment reading: 8 lights a superset of every digit; 1 is the right-hand column only.
+    assert all((g <= glyphs[8]).all() for g in glyphs)
+    lit_cols = np.nonzero(glyphs[1].any(axis=0))[0]
+    assert lit_cols.tolist() == [8, 9] and glyphs[1][2:15, 8:10].all()
+    # In generated scenes each digit sits wholly on its shape: the ring of pixels around the glyph is shape colour.
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        img, objects = draw_scene(rng)
+        px = np.asarray(img).astype(int)
+        for o in objects:
+            seen.add(o["shape"])
+            r, c = ("top", "bottom").index(o["row"]), ("left", "middle", "right")
+            cols = img.width // 32
+            c = c.index(o["col"]) if cols == 3 else ("left", "right").index(o["col"])
+            x0 = c * 32 + 3 + 9
+            y0 = r * 32 + 3 + (10 if o["shape"] == "triangle" else 6)
+            ring = np.concatenate([px[y0 - 1, x0 - 1:x0 + 9], px[y0 + 13, x0 - 1:x0 + 9],
+                                   px[y0 - 1:y0 + 14, x0 - 1], px[y0 - 1:y0 + 14, x0 + 8]])
+            assert (np.abs(ring - np.asarray(COLORS[o["color"]])).max(axis=1) <= 1).all(), o
+            white = px[y0:y0 + 13, x0:x0 + 8].min(axis=-1) == 255
+            assert (white == glyph(o["number"])[2:15, 2:10]).all(), o
+    assert seen == set(SHAPES)
+
+
 def stream(synthetic, **kw):
     proc = Processor.from_pretrained(synthetic)
     records, skipped = read_jsonl(os.path.join(synthetic, "train.jsonl"))

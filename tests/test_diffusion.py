@@ -270,6 +270,28 @@ def test_swd_zero_mask_sample_counts_and_teacher_mask_differs(tiny):
     assert float(metrics["masked_tokens"]) > 0 and np.isfinite(float(loss))
 
 
+def test_ar_loss_is_the_same_without_the_noisy_copy(tiny):
+    rng = np.random.default_rng(1)
+    samples = [layout.pack_sample(rng.integers(0, 900, 5 + i), rng.integers(0, 900, 7 - 2 * i), 1, pad_token_id=3,
+                                  image_token_id=1000, video_token_id=1001, spatial_merge_size=2) for i in range(2)]
+    obj = ObjectiveConfig(kind="ar", block_size=1, noise=noise.NoiseConfig(mask_token_id=1023))
+
+    def loss(batch):
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        return loss_fn(tiny.params, batch, jax.random.key(0), model_config=tiny.config, obj=obj,
+                       global_num_samples=2)
+
+    full, full_metrics = loss(layout.collate_packed(samples, 24, 8))
+    short = [layout.drop_noisy_copy(s) for s in samples]
+    assert [len(s["input_ids"]) for s in short] == [12, 11] and all((s["kind"] != NOISY).all() for s in short)
+    lean, lean_metrics = loss(layout.collate_packed(short, 16, 8))
+    assert float(full_metrics["response_tokens"]) == float(lean_metrics["response_tokens"]) == 12
+    np.testing.assert_allclose(float(lean), float(full), rtol=1e-6)
+    # The loss reads the response: changing one response token changes it.
+    short[0]["input_ids"][-1] += 1
+    assert abs(float(loss(layout.collate_packed(short, 16, 8))[0]) - float(lean)) > 1e-4
+
+
 def test_teacher_block_size_must_divide_student():
     with pytest.raises(ValueError, match="must divide"):
         ObjectiveConfig(kind="swd", block_size=8, teacher_block_size=3)

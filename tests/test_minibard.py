@@ -58,6 +58,11 @@ def test_headline_targets_arithmetic():
     assert h["swd_b32_gap_to_ar_points"] == pytest.approx(5.0)
     assert h["fastest_at_ar_accuracy"]["tokens_per_second"] == 120.0
     assert h["speedup_vs_ar_at_equal_accuracy"] == pytest.approx(120.0 / 50.0)
+    # Only the swd_b32 setting at >= 3 tokens per forward counts for the B32 target, however accurate the others.
+    assert h["swd_b32_best_at_3_tokens_per_forward"]["exact_match"] == 0.90
+    assert h["swd_b32_best_at_3_tokens_per_forward"]["gap_to_ar_points"] == pytest.approx(5.0)
+    results["models"] = [m for m in results["models"] if m["tokens_per_forward"] < 3.0]
+    assert "swd_b32_best_at_3_tokens_per_forward" not in report.headline(results, ref)
 
 
 def test_chain_order_inputs_and_skipping_finished_stages(tmp_path, capsys):

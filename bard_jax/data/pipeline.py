@@ -28,7 +28,7 @@ import grain
 import numpy as np
 
 from bard_jax.data.processor import DataError, Processor
-from bard_jax.diffusion.layout import LayoutError, collate_packed, pack_sample
+from bard_jax.diffusion.layout import LayoutError, collate_packed, drop_noisy_copy, pack_sample
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class PipelineConfig:
     shard_count: int = 1
     strict: bool = False
     workers: int = 0  # processes that decode and pack examples (0: in the main process)
+    noisy_copy: bool = True  # False: `[prefix | clean]` only (the AR objective)
 
 
 def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections.Counter]:
@@ -166,6 +167,8 @@ class TrainStream:
                 image_token_id=self.image_token_id, video_token_id=self.video_token_id,
                 spatial_merge_size=self.proc.settings.merge_size, image_grid_thw=grid if len(grid) else None,
             )
+            if not self.cfg.noisy_copy:
+                sample = drop_noisy_copy(sample)
             if len(sample["input_ids"]) > max(self.cfg.length_buckets):
                 raise DataError(f"packed length {len(sample['input_ids'])} exceeds the largest bucket")
             if int(sample["response_len"]) > max(self.cfg.response_buckets):

@@ -9,7 +9,8 @@ A scene is a 2 x 2 or 2 x 3 grid of 32-pixel cells; some cells hold a shape (cir
 one of five colours with a digit drawn on it. Question types:
   count   "how many red shapes are there ?"          -> "2"                       (1 token)
   color   "what color is the triangle ?"             -> "blue"                    (unique shapes only)
-  number  "what number is on the square ?"           -> "7"
+  shape   "what shape is at the bottom right ?"      -> "circle"                  (occupied cells only)
+  number  "what number is on the square ?"           -> "7"                       (or "... at the top left ?")
   where   "where is the 3 ?"                         -> "top left"                (2 tokens)
   list    "list the objects in reading order ."      -> "[ { shape : circle , color : red , number : 3 } , ... ]"
                                                                                    (13 tokens per object, 40+)
@@ -29,13 +30,17 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "
           "purple": (150, 60, 190)}
 ROWS = ("top", "bottom")
 COLS = {2: ("left", "right"), 3: ("left", "middle", "right")}
-QTYPES = ("count", "color", "number", "where", "list")
+QTYPES = ("count", "color", "shape", "number", "where", "list")
 CELL = 32
+# Digits are drawn as seven-segment glyphs (8 x 13 px, 2-px strokes) rather than with a font: the bitmap is the same
+# on every machine and Pillow version, and each digit is large enough for a tiny vision tower to read at 16-px patches.
+SEGMENTS = {0: "abcdef", 1: "bc", 2: "abged", 3: "abgcd", 4: "fgbc", 5: "afgcd", 6: "afgedc", 7: "abc", 8: "abcdefg",
+            9: "abcdfg"}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>", "<|mask|>"]
 WORDS = (["user", "assistant", "system", "\n", "how", "many", "are", "there", "shapes", "what", "color", "is", "the",
           "number", "on", "where", "list", "objects", "in", "reading", "order", "shape", "?", ".", ",", ":", "[", "]",
-          "{", "}", "you", "a", "helpful", "assistant"] + list(SHAPES) + list(COLORS) + ["top", "bottom", "left",
+          "{", "}", "you", "a", "helpful", "assistant", "at"] + list(SHAPES) + list(COLORS) + ["top", "bottom", "left",
           "middle", "right"] + [str(i) for i in range(10)])
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -45,6 +50,17 @@ CHAT_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def draw_digit(d: ImageDraw.ImageDraw, x: int, y: int, digit: int, w: int = 8, h: int = 13, t: int = 2) -> None:
+    """A white seven-segment `digit` whose top-left corner is (x, y)."""
+    mid = y + (h - t) // 2
+    boxes = {"a": (x, y, x + w, y + t), "g": (x, mid, x + w, mid + t), "d": (x, y + h - t, x + w, y + h),
+             "f": (x, y, x + t, mid + t), "b": (x + w - t, y, x + w, mid + t), "e": (x, mid, x + t, y + h),
+             "c": (x + w - t, mid, x + w, y + h)}
+    for seg in SEGMENTS[digit]:
+        x0, y0, x1, y1 = boxes[seg]
+        d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255))
 
 
 def draw_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
@@ -71,7 +87,7 @@ def draw_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
             d.polygon([(x0 + 12, y0), (x0, y0 + 25), (x0 + 25, y0 + 25)], fill=fill)
         else:
             d.polygon([(x0 + 12, y0), (x0 + 25, y0 + 12), (x0 + 12, y0 + 25), (x0, y0 + 12)], fill=fill)
-        d.text((x0 + 9, y0 + 7), str(number), fill=(255, 255, 255))
+        draw_digit(d, x0 + 9, y0 + (10 if shape == "triangle" else 6), number)  # lower in the triangle's wide part
         objects.append({"shape": shape, "color": color, "number": number, "row": ROWS[r], "col": COLS[cols][c]})
     return img, objects
 
@@ -80,7 +96,8 @@ def make_question(rng: np.random.Generator, objects: list[dict]) -> tuple[str, s
     """(question type, question, answer); words separated by single spaces."""
     unique_shapes = [s for s in SHAPES if sum(o["shape"] == s for o in objects) == 1]
     unique_numbers = [n for n in range(10) if sum(o["number"] == n for o in objects) == 1]
-    options = ["count", "list"] + (["color", "number"] if unique_shapes else []) + (["where"] if unique_numbers else [])
+    options = ["count", "shape", "number", "list"] + (["color"] if unique_shapes else []) + (
+        ["where"] if unique_numbers else [])
     qtype = str(rng.choice(options))
     if qtype == "count":
         color = str(rng.choice(list(COLORS)))
@@ -88,9 +105,16 @@ def make_question(rng: np.random.Generator, objects: list[dict]) -> tuple[str, s
     if qtype == "color":
         shape = str(rng.choice(unique_shapes))
         return qtype, f"what color is the {shape} ?", next(o["color"] for o in objects if o["shape"] == shape)
-    if qtype == "number":
-        shape = str(rng.choice(unique_shapes))
-        return qtype, f"what number is on the {shape} ?", str(next(o["number"] for o in objects if o["shape"] == shape))
+    if qtype == "shape":
+        o = objects[int(rng.integers(len(objects)))]
+        return qtype, f"what shape is at the {o['row']} {o['col']} ?", o["shape"]
+    if qtype == "number":  # found by its shape (when unique) or by its cell
+        if unique_shapes and rng.random() < 0.5:
+            shape = str(rng.choice(unique_shapes))
+            return qtype, f"what number is on the {shape} ?", str(next(o["number"] for o in objects
+                                                                        if o["shape"] == shape))
+        o = objects[int(rng.integers(len(objects)))]
+        return qtype, f"what number is at the {o['row']} {o['col']} ?", str(o["number"])
     if qtype == "where":
         n = int(rng.choice(unique_numbers))
         o = next(o for o in objects if o["number"] == n)

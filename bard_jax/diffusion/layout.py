@@ -83,6 +83,17 @@ def pack_sample(
     }
 
 
+def drop_noisy_copy(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The sample as `[prefix | clean response]` only (length P + R): the layout of the AR objective, which reads
+    the clean copy alone, so its batches do not pay for a noisy copy that nothing attends to."""
+    keep = int(sample["prefix_len"]) + int(sample["response_len"])
+    out = dict(sample)
+    for k in ("input_ids", "kind", "seg_index", "labels", "pad_tail"):
+        out[k] = sample[k][:keep]
+    out["positions"] = sample["positions"][:, :keep]
+    return out
+
+
 def collate_packed(samples: list[dict[str, np.ndarray]], length: int, slots: int) -> dict[str, np.ndarray]:
     """Pad packed samples to a static bucket: tokens to `length`, supervised slots to `slots`.
 

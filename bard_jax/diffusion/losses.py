@@ -168,8 +168,8 @@ def swd_loss(params, batch, seed_key, teacher_params, *, model_config, obj: Obje
 def ar_loss(params, batch, *, model_config, obj: ObjectiveConfig, global_num_samples: int):
     """Token-causal next-token CE over response tokens; per-sample mean, sum over samples / N_global.
 
-    Uses the clean part of a packed batch (`[prefix | clean]`, the noisy copy masked out): position i predicts
-    token i + 1.
+    Uses the clean part of a packed batch: `[prefix | clean]` (the AR training stream packs no noisy copy), or a
+    full packed batch whose noisy copy is masked out, with the same result. Position i predicts token i + 1.
     """
     kind = batch["kind"]
     valid = batch["valid"] & (kind != NOISY)

@@ -157,7 +157,7 @@ def sampling_settings(block_size: int, smoke: bool) -> list[dict[str, Any]]:
     keeps the reference setting (dynamic, 0.9) everywhere and the static and reuse variants at block size 4 only
     (each setting is one more compile)."""
     dynamic = [{"strategy": "low_confidence_dynamic", "denoising_steps": block_size, "threshold": t,
-                "commit": "forward"} for t in ((0.9,) if smoke else (0.7, 0.9, 0.95))]
+                "commit": "forward"} for t in ((0.9,) if smoke else (0.5, 0.7, 0.9, 0.95))]
     if smoke and block_size != 4:
         return dynamic
     static = [{"strategy": "low_confidence_static", "denoising_steps": s, "threshold": None, "commit": "forward"}

@@ -146,6 +146,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
         response_buckets=tuple(d.response_buckets),
         pixel_rows=max(d.patch_buckets), max_images=d.max_images, seed=d.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict, workers=d.workers,
+        noisy_copy=obj.kind != "ar",
     )
     stream = TrainStream(records, processor, pipe, image_root=root, skipped=skipped, processor_dir=processor_dir)
     seed_key = cfg.objective.seed

@@ -26,14 +26,14 @@ def optim(peak: float, warmup: int, floor: float) -> OptimizerConfig:
     return OptimizerConfig(language=group, vision=group, warmup_steps=warmup, clip_norm=1.0, weight_decay=0.0)
 
 
-def ar(steps: int = 4000) -> TrainConfig:
+def ar(steps: int = 10000) -> TrainConfig:
     """The source model: next-token prediction from random weights."""
     return TrainConfig(name="minibard_ar", workdir=os.path.join(RUNS, "ar"), steps=steps, log_every=10,
                        ckpt_every=500, export_hf=False, model=MODEL, data=DATA,
                        objective=ObjectiveSection(kind="ar"), optim=optim(1e-3, 50, 0.05))
 
 
-def pbm(block_size: int, steps: int = 500) -> TrainConfig:
+def pbm(block_size: int, steps: int = 800) -> TrainConfig:
     """Stage 1 at one block size, from the previous stage (the AR source for B4)."""
     prev = "ar" if block_size == 4 else f"pbm_b{block_size // 2}"
     return TrainConfig(
@@ -44,7 +44,7 @@ def pbm(block_size: int, steps: int = 500) -> TrainConfig:
     )
 
 
-def swd(block_size: int, steps: int = 400) -> TrainConfig:
+def swd(block_size: int, steps: int = 600) -> TrainConfig:
     """Stage 2: the PBM student of this block size distilled from the PBM B4 anchor."""
     return TrainConfig(
         name=f"minibard_swd_b{block_size}", workdir=os.path.join(RUNS, f"swd_b{block_size}"), steps=steps,
