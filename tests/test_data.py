@@ -119,7 +119,7 @@ def test_synthetic_generator_is_deterministic(tmp_path):
 def test_synthetic_digits_are_ten_distinct_glyphs_inside_every_shape():
     from PIL import ImageDraw
 
-    from bard_jax.data.synthetic import COLORS, SHAPES, draw_digit, draw_scene
+    from bard_jax.data.synthetic import CELL, COLORS, COLS, ROWS, SHAPES, digit_corner, draw_digit, draw_scene
 
     def glyph(digit):
         img = Image.new("RGB", (12, 17), (0, 0, 0))
@@ -140,11 +140,8 @@ def test_synthetic_digits_are_ten_distinct_glyphs_inside_every_shape():
         px = np.asarray(img).astype(int)
         for o in objects:
             seen.add(o["shape"])
-            r, c = ("top", "bottom").index(o["row"]), ("left", "middle", "right")
-            cols = img.width // 32
-            c = c.index(o["col"]) if cols == 3 else ("left", "right").index(o["col"])
-            x0 = c * 32 + 3 + 9
-            y0 = r * 32 + 3 + (10 if o["shape"] == "triangle" else 6)
+            r, c = ROWS.index(o["row"]), COLS[img.width // CELL].index(o["col"])
+            x0, y0 = digit_corner(o["shape"], c * CELL + 3, r * CELL + 3)
             ring = np.concatenate([px[y0 - 1, x0 - 1:x0 + 9], px[y0 + 13, x0 - 1:x0 + 9],
                                    px[y0 - 1:y0 + 14, x0 - 1], px[y0 - 1:y0 + 14, x0 + 8]])
             assert (np.abs(ring - np.asarray(COLORS[o["color"]])).max(axis=1) <= 1).all(), o

@@ -13,7 +13,7 @@ one of five colours with a digit drawn on it. Question types:
   number  "what number is on the square ?"           -> "7"                       (or "... at the top left ?")
   where   "where is the 3 ?"                         -> "top left"                (2 tokens)
   list    "list the objects in reading order ."      -> "[ { shape : circle , color : red , number : 3 } , ... ]"
-                                                                                   (13 tokens per object, 40+)
+                                                                                   (13 per object + 2: 15 to 54)
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def draw_digit(d: ImageDraw.ImageDraw, x: int, y: int, digit: int, w: int = 8, h
         d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255))
 
 
+def digit_corner(shape: str, x0: int, y0: int) -> tuple[int, int]:
+    """Top-left corner of the digit on a shape whose box starts at (x0, y0): lower in a triangle's wide part."""
+    return x0 + 9, y0 + (10 if shape == "triangle" else 6)
+
+
 def draw_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     cols = int(rng.choice([2, 3]))
     img = Image.new("RGB", (cols * CELL, 2 * CELL), (245, 245, 245))
@@ -87,7 +92,7 @@ def draw_scene(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
             d.polygon([(x0 + 12, y0), (x0, y0 + 25), (x0 + 25, y0 + 25)], fill=fill)
         else:
             d.polygon([(x0 + 12, y0), (x0 + 25, y0 + 12), (x0 + 12, y0 + 25), (x0, y0 + 12)], fill=fill)
-        draw_digit(d, x0 + 9, y0 + (10 if shape == "triangle" else 6), number)  # lower in the triangle's wide part
+        draw_digit(d, *digit_corner(shape, x0, y0), number)
         objects.append({"shape": shape, "color": color, "number": number, "row": ROWS[r], "col": COLS[cols][c]})
     return img, objects
 
