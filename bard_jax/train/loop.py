@@ -154,15 +154,19 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.stop_at_step and step >= cfg.stop_at_step and step < cfg.steps:
                 stop.signal_name = f"stop_at_step={cfg.stop_at_step}"
                 stop.request()
-            if jax.process_count() > 1 and any_process(stop.stop) and not stop.stop:
-                # A signal reaches the processes at different times: all stop after the same step, or the
-                # collective checkpoint save would wait for a process that went on training.
-                stop.signal_name = "stop requested by another process"
-                stop.request()
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.stop:
+            # Read the flag once per step: a signal that lands between this read and the save is acted on after
+            # the next step. Reading it twice let one process save (a collective) while another went on training.
+            stopping = stop.stop
+            if jax.process_count() > 1:
+                # A signal reaches the processes at different times: all agree to stop after the same step.
+                agreed = any_process(stopping)
+                if agreed and not stopping:
+                    stop.signal_name = "stop requested by another process"
+                stopping = agreed
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
                 save(ckpt, step, state, run, fingerprint)
                 last_saved = step
-            if stop.stop:
+            if stopping:
                 writer.message(f"[bard_jax.train] {stop.signal_name}: saved step {step}, exiting; re-run to resume")
                 return 0
     finally:
