@@ -1,10 +1,10 @@
 """What the vision tower hands the language model: linear probes for the digit and the shape in each cell.
 
-Draws fresh synthetic scenes (their own seed, so none is a training scene), runs the model's vision tower, and fits a
-ridge classifier from each occupied cell's merged window (the vector that replaces one image pad token; with 16-px
-patches merged 2 x 2, one window is exactly one 32-px cell) to the cell's digit and shape. 80% of the scenes fit the
-probe, the rest score it. The same probe on a randomly initialised tower of the same config is the baseline: if a
-trained tower scores below it, training threw information away.
+Draws fresh synthetic scenes (their own seed, so none is a training scene), runs the model's vision tower, and fits
+a least-squares classifier from each occupied cell's merged window (the vector that replaces one image pad token;
+with 16-px patches merged 2 x 2, one window is exactly one 32-px cell) to the cell's digit and shape. 80% of the
+scenes fit the probe, the rest score it. The same probe on a randomly initialised tower of the same config is the
+baseline: if a trained tower scores below it, training threw information away.
 
   python benchmarks/probe_vision.py --model runs/minibard/ar [--scenes 3000]
 
@@ -21,14 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import bard_jax as bj
-from bard_jax.data import Processor
-from bard_jax.data import synthetic
+from bard_jax.data import Processor, synthetic
 from bard_jax.model.inputs import vision_inputs
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import init_params, network
 
 
-def cell_features(model: bj.Model, proc: Processor, scenes: list) -> tuple[np.ndarray, np.ndarray]:
+def cell_features(model: bj.Model, proc: Processor, scenes: list) -> tuple[list, list]:
     """Per scene, [cells, D] merged windows and [cells, J*D] deepstack windows, in row-major cell order."""
     net = network(model.config, jnp.float32)
     encode = jax.jit(lambda pix, meta: net.apply({"params": model.params}, pix, meta, method=Qwen3VL.encode_vision))
@@ -58,7 +57,7 @@ def labels(scenes: list) -> tuple[list, list]:
     return digits, shapes
 
 
-def ridge_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+def least_squares_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                    classes: int) -> float:
     """Held-out accuracy of a one-vs-all least-squares classifier on standardised features. The ridge term only
     keeps the solve stable: a direction with little variance counts as much as a large one, as it can for the
@@ -70,20 +69,23 @@ def ridge_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return float(np.mean((b @ w).argmax(1) == y_test))
 
 
+def occupied(feats: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of every scene's cells stacked, keeping only the cells that hold a shape."""
+    x, y = np.concatenate(feats), np.concatenate(ys)
+    return x[y >= 0], y[y >= 0]
+
+
 def probe(model: bj.Model, proc: Processor, scenes: list) -> dict[str, float]:
     merged, deep = cell_features(model, proc, scenes)
     digits, shapes = labels(scenes)
     split = int(0.8 * len(scenes))
+    both = [np.concatenate(pair, 1) for pair in zip(merged, deep)]
     out = {}
-    for feat_name, feats in (("merged", merged), ("merged+deepstack", [np.concatenate(p, 1) for p in zip(merged, deep)])):
+    for feat_name, feats in (("merged", merged), ("merged+deepstack", both)):
         for label_name, ys, classes in (("digit", digits, 10), ("shape", shapes, 4)):
-            def rows(part):
-                x = np.concatenate([f for f in part[0]])
-                y = np.concatenate(part[1])
-                return x[y >= 0], y[y >= 0]
-            x_tr, y_tr = rows((feats[:split], ys[:split]))
-            x_te, y_te = rows((feats[split:], ys[split:]))
-            out[f"{label_name} from {feat_name}"] = ridge_accuracy(x_tr, y_tr, x_te, y_te, classes)
+            x_tr, y_tr = occupied(feats[:split], ys[:split])
+            x_te, y_te = occupied(feats[split:], ys[split:])
+            out[f"{label_name} from {feat_name}"] = least_squares_accuracy(x_tr, y_tr, x_te, y_te, classes)
     norms = np.concatenate([np.linalg.norm(m, axis=1) for m in merged])
     out["mean merged-window norm"] = float(norms.mean())
     return out

@@ -22,8 +22,9 @@ MODEL = ModelSection(preset="mini", param_dtype="float32", compute_dtype="float3
 
 
 def optim(peak: float, warmup: int, floor: float, vision_ratio: float) -> OptimizerConfig:
-    """AdamW; the vision tower (not its mergers) at `vision_ratio` x the language peak; the release's stage 1 uses 0.1x.
-    At 1x the vision tower forgets the digits (README, Mini-BARD: what the source model reads)."""
+    """AdamW; the vision tower (not its mergers) at `vision_ratio` x the language peak, with the release's vision
+    floor (0.1x) unless it shares the language rate. The release's stage 1 uses 0.1x; at 1x the tower forgets the
+    digits (README, "Decisions where the spec left room")."""
     language = GroupSchedule(peak, start_ratio=0.1, floor_ratio=floor)
     vision = GroupSchedule(peak * vision_ratio, start_ratio=0.1, floor_ratio=floor if vision_ratio == 1 else 0.1)
     return OptimizerConfig(language=language, vision=vision, warmup_steps=warmup, clip_norm=1.0, weight_decay=0.0)
