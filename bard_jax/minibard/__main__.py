@@ -36,7 +36,8 @@ def parse_args(argv):
     p.add_argument("--workdir", default=os.path.join("runs", "minibard"))
     p.add_argument("--results", default=None, help="output directory (default: results/, or WORKDIR/results "
                                                     "with --smoke)")
-    p.add_argument("--smoke", action="store_true", help="a few steps per stage and a tiny eval (minutes)")
+    p.add_argument("--smoke", action="store_true", help="a few steps per stage and a tiny eval, compiled with "
+                   "most XLA optimizations off (about 2 minutes)")
     p.add_argument("--eval-n", type=int, default=0, help="held-out questions to evaluate (0: all)")
     p.add_argument("--batch", type=int, default=32, help="questions decoded together")
     return p.parse_args(argv)
@@ -44,8 +45,15 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    import jax
+
     import bard_jax as bj
     from bard_jax.minibard import evaluate, report, stages
+
+    if args.smoke and "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
+        # A smoke run is a dozen compilations of a few steps each: XLA's optimization passes cost more than they
+        # save (about 2 minutes instead of 3 on 2 cores). Its timings mean nothing anyway.
+        jax.config.update("jax_disable_most_optimizations", True)
 
     workdir = os.path.abspath(args.workdir)
     results_dir = args.results or (os.path.join(workdir, "results") if args.smoke else "results")
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": train_seconds,
         "total_seconds": time.time() - t_start,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "jax_backend": __import__("jax").default_backend()},
+                    "jax_backend": jax.default_backend()},
     }
     results["headline"] = report.headline(results, REFERENCE)
     with open(os.path.join(results_dir, "minibard.json"), "w") as f:
