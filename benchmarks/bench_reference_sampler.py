@@ -69,6 +69,8 @@ def produced(tokens: list[int], eos: int) -> int:
 
 
 def best_of(fn, repeats: int):
+    """(last output, best wall time) of `repeats` timed calls after a warm-up call. bench_sampler.timed does the
+    same, but importing it would import jax, which the reference half's virtualenv does not have."""
     out = fn()  # warm-up (our compile; the reference's first-call allocations)
     best = float("inf")
     for _ in range(repeats):

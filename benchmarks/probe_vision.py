@@ -58,7 +58,7 @@ def labels(scenes: list) -> tuple[list, list]:
 
 
 def least_squares_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                   classes: int) -> float:
+                           classes: int) -> float:
     """Held-out accuracy of a one-vs-all least-squares classifier on standardised features. The ridge term only
     keeps the solve stable: a direction with little variance counts as much as a large one, as it can for the
     language model's own linear maps."""

@@ -37,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--results", default=None, help="output directory (default: results/, or WORKDIR/results "
                                                     "with --smoke)")
     p.add_argument("--smoke", action="store_true", help="a few steps per stage and a tiny eval, compiled with "
-                   "most XLA optimizations off (about 2 minutes)")
+                   "most XLA optimizations off (about 2.5 minutes on 2 cores)")
     p.add_argument("--eval-n", type=int, default=0, help="held-out questions to evaluate (0: all)")
     p.add_argument("--batch", type=int, default=32, help="questions decoded together")
     return p.parse_args(argv)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.smoke and "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
         # A smoke run is a dozen compilations of a few steps each: XLA's optimization passes cost more than they
-        # save (about 2 minutes instead of 3 on 2 cores). Its timings mean nothing anyway.
+        # save (about 2.5 minutes instead of 3 on 2 cores). Its timings mean nothing anyway.
         jax.config.update("jax_disable_most_optimizations", True)
 
     workdir = os.path.abspath(args.workdir)
