@@ -3,6 +3,7 @@ bad input)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -239,6 +240,61 @@ def test_two_workers_give_the_same_batches_and_resume(synthetic):
     for w, g in zip(want, got):
         for k in w:
             np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+
+def test_prefetching_gives_the_same_batches_state_and_errors(synthetic):
+    from bard_jax.data.prefetch import Prefetcher
+
+    plain = stream(synthetic)
+    want = [plain.next_batch() for _ in range(5)]
+    states = []
+    ahead = Prefetcher(stream(synthetic), depth=2)
+    got = []
+    for _ in range(3):
+        got.append(ahead.next_batch())
+        states.append(ahead.get_state())
+    assert states[-1]["batch_number"] == 3  # the state of what was handed out, not of what was prepared
+    concurrent.futures.wait(ahead._pending)
+    assert ahead.stream.get_state()["batch_number"] == 5  # two prepared ahead
+    ahead.close()
+    resumed = Prefetcher(stream(synthetic), depth=1)
+    resumed.set_state(json.loads(json.dumps(states[-1])))
+    got += [resumed.next_batch() for _ in range(2)]
+    resumed.set_state(states[0])  # a rewind drops what was prepared ahead
+    assert resumed.get_state()["batch_number"] == 1
+    got_again = resumed.next_batch()
+    resumed.close()
+    for w, g in zip(want + [want[1]], got + [got_again]):
+        assert sorted(g) == sorted(w)
+        for k in w:
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+    class Failing:
+        def __init__(self):
+            self.n = 0
+
+        def next_batch(self):
+            self.n += 1
+            if self.n == 2:
+                raise DataError("sample 9: broken")
+            return {"n": self.n}
+
+        def get_state(self):
+            return {"n": self.n}
+
+        def set_state(self, state):
+            self.n = state["n"]
+
+        def close(self):
+            pass
+
+    failing = Prefetcher(Failing())
+    assert failing.next_batch() == {"n": 1}
+    with pytest.raises(DataError, match="sample 9: broken"):
+        failing.next_batch()
+    failing.close()
+    with pytest.raises(ValueError, match="depth"):
+        Prefetcher(Failing(), depth=0)
 
 
 def hf_video_processor(proc: Processor):

@@ -40,6 +40,7 @@ class DataSection:
     min_pixels: int = 0  # 0: the processor's setting
     max_pixels: int = 0
     workers: int = 0
+    prefetch: int = 1  # batches prepared ahead in a background thread while the device trains (0: none)
     seed: int = 0
     strict: bool = False
 

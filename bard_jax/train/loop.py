@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop.restore()
         writer.close()
+        run.data.close()  # the prefetch thread and any worker processes
 
     # --- export
     setup.export(cfg, model_config, state.params, run)

@@ -13,6 +13,7 @@ import jax
 from bard_jax import hf
 from bard_jax.config import ModelConfig, preset
 from bard_jax.data.pipeline import PipelineConfig, TrainStream, read_jsonl
+from bard_jax.data.prefetch import BatchStream, Prefetcher
 from bard_jax.data.processor import Processor
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
 from bard_jax.diffusion.noise import NoiseConfig
@@ -30,7 +31,7 @@ class Run:
     model_config: ModelConfig
     teacher_config: ModelConfig | None
     processor_dir: str
-    data: TrainStream
+    data: BatchStream  # a TrainStream, behind a Prefetcher unless data.prefetch is 0
     objective: ObjectiveConfig
     loss_fn: Callable
 
@@ -114,6 +115,8 @@ def prepare_run(cfg: TrainConfig) -> Run:
     if d.global_batch_size % d.micro_batch_size:
         raise SetupError(f"data.global_batch_size {d.global_batch_size} is not a multiple of "
                          f"data.micro_batch_size {d.micro_batch_size}")
+    if d.prefetch < 0 or d.workers < 0:
+        raise SetupError(f"data.prefetch ({d.prefetch}) and data.workers ({d.workers}) must be >= 0")
     root = d.image_root
     train = d.train_jsonl
     processor_dir = d.processor or resolve_weights(cfg.model.init_from)
@@ -149,6 +152,8 @@ def prepare_run(cfg: TrainConfig) -> Run:
         noisy_copy=obj.kind != "ar",
     )
     stream = TrainStream(records, processor, pipe, image_root=root, skipped=skipped, processor_dir=processor_dir)
+    if d.prefetch:
+        stream = Prefetcher(stream, d.prefetch)
     seed_key = cfg.objective.seed
 
     def loss(params, micro, teacher_params, global_n):
