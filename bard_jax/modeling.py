@@ -44,6 +44,12 @@ class Model:
     def dtype(self) -> Any:
         return jax.tree_util.tree_leaves(self.params)[0].dtype
 
+    def for_jit(self) -> Model:
+        """The model as compiled functions take it: parameters and config. `source` (the checkpoint's path and raw
+        HF config) is static pytree data, so leaving it in would compile every function anew for each checkpoint
+        of the same architecture."""
+        return self if self.source is None else self.replace(source=None)
+
 
 @functools.cache
 def network(
@@ -107,7 +113,7 @@ def forward(
     vis = vision_inputs(model.config, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     pixels, meta, num_image_windows = vis if vis is not None else (None, None, 0)
     return _forward_jit(
-        model, input_ids, attention_mask, pixels, meta, image_grid_thw, video_grid_thw,
+        model.for_jit(), input_ids, attention_mask, pixels, meta, image_grid_thw, video_grid_thw,
         num_image_windows=num_image_windows, block_size=block_size,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -175,6 +176,15 @@ def test_same_bucket_does_not_recompile():
         bj.generate(model, ids, cfg, attention_mask=mask)
         sizes.append((sampler_impl._prefill_jit._cache_size(), sampler_impl._decode_jit._cache_size()))
     assert sizes[1] == sizes[0] and sizes[2] == sizes[0], sizes
+    # A threshold sweep, a static setting's prefill, and another checkpoint of the same architecture (with its own
+    # source metadata, as load_pretrained gives) reuse what was compiled: only the static decode loop is new.
+    other = bj.Model(sharp_model(False, seed=1).params, model.config, source={"path": "/elsewhere"})
+    for tau in (0.3, 0.6, 0.95):
+        bj.generate(other, ids, dataclasses.replace(cfg, confidence_threshold=tau), attention_mask=mask)
+    assert (sampler_impl._prefill_jit._cache_size(), sampler_impl._decode_jit._cache_size()) == sizes[0]
+    bj.generate(other, ids, dataclasses.replace(cfg, strategy="low_confidence_static"), attention_mask=mask)
+    assert sampler_impl._prefill_jit._cache_size() == sizes[0][0]
+    assert sampler_impl._decode_jit._cache_size() == sizes[0][1] + 1
 
 
 def test_bad_settings_fail_before_compiling():

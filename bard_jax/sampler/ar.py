@@ -129,7 +129,7 @@ def generate_ar(model: Model, input_ids: Any, config: ARConfig, attention_mask: 
     vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     pixels, meta, n_img = vis if vis is not None else (None, None, 0)
     t0 = time.perf_counter()
-    tokens, steps = _generate_ar_jit(model, ids, mask, pixels, meta, image_grid_thw, video_grid_thw,
+    tokens, steps = _generate_ar_jit(model.for_jit(), ids, mask, pixels, meta, image_grid_thw, video_grid_thw,
                                      rng if rng is not None else jax.random.key(0), cfg=config,
                                      num_image_windows=n_img)
     tokens = np.asarray(jax.block_until_ready(tokens))

@@ -52,6 +52,17 @@ class SamplingConfig:
         if problems:
             raise ValueError("invalid SamplingConfig: " + "; ".join(problems))
 
+    def prefill_settings(self) -> SamplingConfig:
+        """The settings the prompt prefill depends on (block layout, mask id); the rest set to defaults, so every
+        setting with the same layout shares one compiled prefill."""
+        return SamplingConfig(max_new_tokens=self.num_blocks * self.block_size, block_size=self.block_size,
+                              denoising_steps=1, mask_token_id=self.mask_token_id, eos_token_id=0)
+
+    def decode_settings(self) -> SamplingConfig:
+        """The settings compiled into the decode loop: all but the confidence threshold, which the sampler passes
+        as a value."""
+        return dataclasses.replace(self, confidence_threshold=1.0)
+
     @property
     def num_blocks(self) -> int:
         return -(-self.max_new_tokens // self.block_size)

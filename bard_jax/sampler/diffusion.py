@@ -110,7 +110,9 @@ def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, pixels
     return carry, next_pos, prompt_blocks
 
 
-def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blocks, prompt_len: int) -> Carry:
+def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blocks, threshold,
+            prompt_len: int) -> Carry:
+    """All blocks; `threshold` (a float32 scalar) stands for cfg.confidence_threshold, which is not compiled in."""
     bs = cfg.block_size
     schedule = jnp.asarray(cfg.transfer_schedule(), jnp.int32)
     rows = next_pos.shape[0]
@@ -136,7 +138,7 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
             logits, kv = _forward_block(net, params, x, positions, c)
             tok, conf = choose_tokens(logits, cfg, sub)
             masked = x == cfg.mask_token_id
-            transfer = select_transfer(conf, masked, schedule[step], cfg) & active[:, None]
+            transfer = select_transfer(conf, masked, schedule[step], cfg, threshold) & active[:, None]
             counts = counts + (active & jnp.any(masked, axis=-1)).astype(jnp.int32)
             return jnp.where(transfer, tok, x), step + 1, counts, key, kv
 
@@ -170,10 +172,10 @@ def _prefill_jit(model: Model, input_ids, attention_mask, pixels, meta, image_gr
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("carry",))
-def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, *, cfg):
+def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, threshold, *, cfg):
     net = network(model.config, None, "none", True)
-    return _decode(net, {"params": model.params}, cfg, carry, next_pos, prompt_blocks, carry.cache_valid.shape[1]
-                   - cfg.num_blocks * cfg.block_size)
+    return _decode(net, {"params": model.params}, cfg, carry, next_pos, prompt_blocks, threshold,
+                   carry.cache_valid.shape[1] - cfg.num_blocks * cfg.block_size)
 
 
 def generate(
@@ -208,12 +210,18 @@ def generate(
     vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     pixels, meta, n_img = vis if vis is not None else (None, None, 0)
     key = rng if rng is not None else jax.random.key(0)
+    # Compiled once per model architecture, shapes and the settings each part depends on: the prefill only on the
+    # block layout, the decode loop on everything but the confidence threshold (a traced value, so a threshold
+    # sweep reuses one compiled loop).
+    jit_model = model.for_jit()
     t0 = time.perf_counter()
-    carry, next_pos, prompt_blocks = _prefill_jit(model, input_ids, mask, pixels, meta, image_grid_thw,
-                                                  video_grid_thw, key, cfg=config, num_image_windows=n_img)
+    carry, next_pos, prompt_blocks = _prefill_jit(jit_model, input_ids, mask, pixels, meta, image_grid_thw,
+                                                  video_grid_thw, key, cfg=config.prefill_settings(),
+                                                  num_image_windows=n_img)
     jax.block_until_ready(carry)
     t1 = time.perf_counter()
-    carry = _decode_jit(model, carry, next_pos, prompt_blocks, cfg=config)
+    carry = _decode_jit(jit_model, carry, next_pos, prompt_blocks, jnp.float32(config.confidence_threshold),
+                        cfg=config.decode_settings())
     tokens = jax.block_until_ready(carry.tokens)
     t2 = time.perf_counter()
     steps = np.asarray(carry.steps)

@@ -57,14 +57,15 @@ def top_quota(conf_bt: jax.Array, eligible_bt: jax.Array, quota_b: jax.Array) ->
 
 
 def select_transfer(
-    conf_bt: jax.Array, masked_bt: jax.Array, quota: jax.Array, cfg: SamplingConfig
+    conf_bt: jax.Array, masked_bt: jax.Array, quota: jax.Array, cfg: SamplingConfig, threshold: jax.Array | float
 ) -> jax.Array:
-    """Which masked positions to unmask this step [B, T] bool."""
+    """Which masked positions to unmask this step [B, T] bool. `threshold` is the dynamic strategy's confidence
+    threshold (cfg.confidence_threshold, passed as a value so it need not be compiled in)."""
     n_masked = jnp.sum(masked_bt, axis=-1)
     k = jnp.minimum(quota, n_masked)
     static = top_quota(conf_bt, masked_bt, k)
     if cfg.strategy == "low_confidence_static":
         return static
-    confident = masked_bt & (conf_bt > cfg.confidence_threshold)
+    confident = masked_bt & (conf_bt > threshold)
     enough = jnp.sum(confident, axis=-1) >= quota
     return jnp.where(enough[:, None], confident, static)
