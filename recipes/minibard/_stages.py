@@ -15,8 +15,10 @@ from bard_jax.train.optimizer import GroupSchedule
 RUNS = os.environ.get("MINIBARD_RUNS", os.path.join("runs", "minibard"))
 DATA = DataSection(
     synthetic=True, synthetic_dir=os.path.join(RUNS, "data"), synthetic_n=20000, synthetic_eval_n=400,
-    global_batch_size=16, micro_batch_size=16, length_buckets=(96, 160, 256), response_buckets=(16, 64),
-    patch_buckets=(24,), max_images=1,
+    global_batch_size=16, micro_batch_size=16, length_buckets=(96, 160, 256), patch_buckets=(24,), max_images=1,
+    # One response bucket: 95% of batches of 16 hold a list answer (up to 55 tokens) anyway, and a second bucket
+    # is a second compile in every stage.
+    response_buckets=(64,),
 )
 MODEL = ModelSection(preset="mini", param_dtype="float32", compute_dtype="float32")
 
@@ -37,8 +39,11 @@ def ar(steps: int = 10000) -> TrainConfig:
                        objective=ObjectiveSection(kind="ar"), optim=optim(1e-3, 50, 0.05, 0.1))
 
 
-def pbm(block_size: int, steps: int = 600) -> TrainConfig:
-    """Stage 1 at one block size, from the previous stage (the AR source for B4)."""
+def pbm(block_size: int, steps: int = 0) -> TrainConfig:
+    """Stage 1 at one block size, from the previous stage (the AR source for B4). B4 bridges AR to diffusion and
+    gets 600 steps; the merges after it start from a model that already denoises (their loss levels off within
+    200 steps) and get 400."""
+    steps = steps or (600 if block_size == 4 else 400)
     prev = "ar" if block_size == 4 else f"pbm_b{block_size // 2}"
     return TrainConfig(
         name=f"minibard_pbm_b{block_size}", workdir=os.path.join(RUNS, f"pbm_b{block_size}"), steps=steps,
