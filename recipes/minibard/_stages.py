@@ -32,7 +32,7 @@ def optim(peak: float, warmup: int, floor: float, vision_ratio: float) -> Optimi
     return OptimizerConfig(language=language, vision=vision, warmup_steps=warmup, clip_norm=1.0, weight_decay=0.0)
 
 
-def ar(steps: int = 10000) -> TrainConfig:
+def ar(steps: int = 7000) -> TrainConfig:
     """The source model: next-token prediction from random weights."""
     return TrainConfig(name="minibard_ar", workdir=os.path.join(RUNS, "ar"), steps=steps, log_every=10,
                        ckpt_every=500, export_hf=False, model=MODEL, data=DATA,
