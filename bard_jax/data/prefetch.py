@@ -63,9 +63,5 @@ class Prefetcher:
 
     def _discard_pending(self) -> None:
         """Drop the batches prepared ahead (the worker finishes the one it is on first)."""
-        for future in self._pending:
-            future.cancel()
-        for future in self._pending:
-            if not future.cancelled():
-                concurrent.futures.wait([future])
+        concurrent.futures.wait([f for f in self._pending if not f.cancel()])  # cancel() fails once started
         self._pending.clear()

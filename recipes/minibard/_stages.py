@@ -39,11 +39,12 @@ def ar(steps: int = 7000) -> TrainConfig:
                        objective=ObjectiveSection(kind="ar"), optim=optim(1e-3, 50, 0.05, 0.1))
 
 
-def pbm(block_size: int, steps: int = 0) -> TrainConfig:
+def pbm(block_size: int, steps: int | None = None) -> TrainConfig:
     """Stage 1 at one block size, from the previous stage (the AR source for B4). B4 bridges AR to diffusion and
     gets 600 steps; the merges after it start from a model that already denoises (their loss levels off within
     200 steps) and get 400."""
-    steps = steps or (600 if block_size == 4 else 400)
+    if steps is None:
+        steps = 600 if block_size == 4 else 400
     prev = "ar" if block_size == 4 else f"pbm_b{block_size // 2}"
     return TrainConfig(
         name=f"minibard_pbm_b{block_size}", workdir=os.path.join(RUNS, f"pbm_b{block_size}"), steps=steps,
