@@ -6,6 +6,10 @@ with 16-px patches merged 2 x 2, one window is exactly one 32-px cell) to the ce
 scenes fit the probe, the rest score it. The same probe on a randomly initialised tower of the same config is the
 baseline: if a trained tower scores below it, training threw information away.
 
+The probe standardises every feature, so it also finds a class in directions of tiny variance, which the language
+model's unnormalised maps hardly see. So the table also gives each attribute's share of the windows' variance: the
+between-class variance (of the class means around the overall mean) over the total.
+
   python benchmarks/probe_vision.py --model runs/minibard/ar [--scenes 3000]
 
 --model is an export directory or a training workdir (its export/ is used).
@@ -41,20 +45,27 @@ def cell_features(model: bj.Model, proc: Processor, scenes: list) -> tuple[list,
     return merged, deep
 
 
-def labels(scenes: list) -> tuple[list, list]:
-    """Per scene, the digit and the shape index of each cell (-1 for an empty cell), row-major."""
-    digits, shapes = [], []
+def labels(scenes: list) -> tuple[list, list, list]:
+    """Per scene, the digit, the shape index and the colour index of each cell (-1 for an empty cell), row-major."""
+    digits, shapes, colors = [], [], []
     for img, objects in scenes:
         cols = img.width // synthetic.CELL
         names = synthetic.COLS[cols]
-        d = np.full(2 * cols, -1)
-        s = np.full(2 * cols, -1)
+        d, s, c = (np.full(2 * cols, -1) for _ in range(3))
         for o in objects:
             k = synthetic.ROWS.index(o["row"]) * cols + names.index(o["col"])
-            d[k], s[k] = o["number"], synthetic.SHAPES.index(o["shape"])
+            d[k], s[k], c[k] = o["number"], synthetic.SHAPES.index(o["shape"]), list(synthetic.COLORS).index(o["color"])
         digits.append(d)
         shapes.append(s)
-    return digits, shapes
+        colors.append(c)
+    return digits, shapes, colors
+
+
+def variance_share(x: np.ndarray, y: np.ndarray) -> float:
+    """Between-class over total variance of the rows of x [n, D] grouped by y [n]."""
+    mean = x.mean(0)
+    between = sum(np.sum((x[y == c].mean(0) - mean) ** 2) * np.sum(y == c) for c in np.unique(y))
+    return float(between / np.sum((x - mean) ** 2))
 
 
 def least_squares_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -77,7 +88,7 @@ def occupied(feats: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
 
 def probe(model: bj.Model, proc: Processor, scenes: list) -> dict[str, float]:
     merged, deep = cell_features(model, proc, scenes)
-    digits, shapes = labels(scenes)
+    digits, shapes, colors = labels(scenes)
     split = int(0.8 * len(scenes))
     both = [np.concatenate(pair, 1) for pair in zip(merged, deep)]
     out = {}
@@ -86,6 +97,8 @@ def probe(model: bj.Model, proc: Processor, scenes: list) -> dict[str, float]:
             x_tr, y_tr = occupied(feats[:split], ys[:split])
             x_te, y_te = occupied(feats[split:], ys[split:])
             out[f"{label_name} from {feat_name}"] = least_squares_accuracy(x_tr, y_tr, x_te, y_te, classes)
+    for label_name, ys in (("digit", digits), ("shape", shapes), ("colour", colors)):
+        out[f"{label_name} share of variance"] = variance_share(*occupied(merged, ys))
     norms = np.concatenate([np.linalg.norm(m, axis=1) for m in merged])
     out["mean merged-window norm"] = float(norms.mean())
     return out
