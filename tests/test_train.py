@@ -71,6 +71,57 @@ def test_bad_setups_fail_with_clear_errors(tmp_path):
     assert r.returncode != 0 and "teacher checkpoint not found" in r.stderr
     r = train(tmp_path / "c", *FAST, "--recipe.mesh.data", "3", check=False)
     assert r.returncode != 0 and "needs 3 devices" in r.stderr
+    r = train(tmp_path / "d", *FAST, "--recipe.data.question_types", "colour", check=False)
+    assert r.returncode != 0 and "data.question_types ['colour']: no sample of" in r.stderr and "'number'" in r.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_question_types_keep_only_the_named_samples():
+    from bard_jax.train.setup import SetupError, keep_question_types
+
+    records = [{"meta": {"qtype": q}, "messages": []} for q in ("count", "number", "list", "number")] + [
+        {"messages": []}]
+    assert keep_question_types(records, (), "x.jsonl") == records
+    kept = keep_question_types(records, ("number", "list"), "x.jsonl")
+    assert [r["meta"]["qtype"] for r in kept] == ["number", "list", "number"]
+    with pytest.raises(SetupError, match=r"\['None', 'count', 'list', 'number'\]"):
+        keep_question_types(records, ("where",), "x.jsonl")
+
+
+@pytest.mark.parametrize("mergers", ["language", "vision"])
+def test_mergers_follow_the_named_group(mergers):
+    """With the vision group's rate at 0, the tower never moves, the mergers move only when they follow the
+    language group, and the text model always moves."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from bard_jax.config import preset
+    from bard_jax.modeling import init_params
+    from bard_jax.sharding import path_str
+    from bard_jax.train.optimizer import GroupSchedule, OptimizerConfig, make_optimizer
+
+    params = init_params(preset("tiny"), jax.random.key(0))
+    cfg = OptimizerConfig(language=GroupSchedule(1e-2), vision=GroupSchedule(0.0), warmup_steps=0, mergers=mergers)
+    tx, _ = make_optimizer(cfg, 10, params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    moved = {path_str(p): bool(jnp.any(a != b)) for (p, a), b in
+             zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(new))}
+    merger = [v for k, v in moved.items() if k.startswith(("visual/merger/", "visual/deepstack_merger_list/"))]
+    tower = [v for k, v in moved.items() if k.startswith("visual/blocks/")]
+    text = [v for k, v in moved.items() if k.startswith("language_model/layers/")]
+    assert merger and tower and text
+    assert all(merger) if mergers == "language" else not any(merger)
+    assert not any(tower) and all(text)
+
+
+def test_unknown_merger_group_is_a_clear_error():
+    from bard_jax.train.optimizer import OptimizerConfig, check_optimizer_config
+
+    with pytest.raises(ValueError, match="optim.mergers must be one of .* got 'tower'"):
+        check_optimizer_config(OptimizerConfig(mergers="tower"))
 
 
 def test_generate_cli_on_the_trained_demo(straight):

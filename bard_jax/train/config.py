@@ -41,6 +41,8 @@ class DataSection:
     max_pixels: int = 0
     workers: int = 0
     prefetch: int = 1  # batches prepared ahead in a background thread while the device trains (0: none)
+    # Train only on samples whose meta.qtype is one of these (the synthetic task's question types); empty: all.
+    question_types: tuple[str, ...] = ()
     seed: int = 0
     strict: bool = False
 

@@ -1,8 +1,10 @@
 """AdamW with the release's parameter groups and the intended warmup + cosine schedules.
 
 Groups (spec section 7): "language" = the text model, the LM head and the vision mergers (merger and deepstack
-mergers); "vision" = the rest of the vision tower. Each group has its own peak learning rate and its own start and
-floor ratios. Weight decay never applies to norms, biases, embeddings, position embeddings or any 1-D parameter.
+mergers); "vision" = the rest of the vision tower. `mergers="vision"` moves the mergers to the vision group (with
+`vision.peak_lr=0` that holds the whole vision side, e.g. to keep what an earlier stage taught it). Each group
+has its own peak learning rate and its own start and floor ratios. Weight decay never applies to norms, biases,
+embeddings, position embeddings or any 1-D parameter.
 
 The release stepped its stage-1 scheduler twice per update and its stage-2 scheduler one update late; here the
 schedule is a pure function of the optimizer update count, which is what the recipes intend.
@@ -41,6 +43,8 @@ class OptimizerConfig:
     # Warmup length in updates; -1 means the stage-1 rule min(1000, total // 10).
     warmup_steps: int = -1
     clip_norm: float = 1.0
+    # The group whose schedule the vision mergers follow: "language" (the release) or "vision" (with the tower).
+    mergers: str = "language"
 
 
 def warmup_steps_for(cfg: OptimizerConfig, total_steps: int) -> int:
@@ -64,11 +68,15 @@ def warmup_cosine(group: GroupSchedule, warmup: int, total_steps: int) -> optax.
     return schedule
 
 
-def param_group(path: str) -> str:
-    """'vision' for the vision tower except its mergers, else 'language'."""
-    if path.startswith("visual/") and not path.startswith(("visual/merger/", "visual/deepstack_merger_list/")):
-        return "vision"
-    return "language"
+MERGER_PREFIXES = ("visual/merger/", "visual/deepstack_merger_list/")
+MERGER_GROUPS = ("language", "vision")
+
+
+def param_group(path: str, mergers: str = "language") -> str:
+    """'vision' for the vision tower (and its mergers when mergers='vision'), else 'language'."""
+    if not path.startswith("visual/"):
+        return "language"
+    return mergers if path.startswith(MERGER_PREFIXES) else "vision"
 
 
 STACKED_PREFIXES = ("language_model/layers/", "visual/blocks/", "visual/deepstack_merger_list/")
@@ -82,14 +90,21 @@ def decays(path: str, leaf: Any) -> bool:
     return leaf.ndim - int(stacked) >= 2
 
 
+def check_optimizer_config(cfg: OptimizerConfig) -> None:
+    """Settings that no schedule can honour raise ValueError naming the recipe key."""
+    if cfg.mergers not in MERGER_GROUPS:
+        raise ValueError(f"optim.mergers must be one of {MERGER_GROUPS}, got {cfg.mergers!r}")
+
+
 def make_optimizer(cfg: OptimizerConfig, total_steps: int, params: Any) -> tuple[optax.GradientTransformation, dict]:
     """The full optimizer (clip, then per-group AdamW) and the per-group schedules (for logging)."""
+    check_optimizer_config(cfg)
     warmup = warmup_steps_for(cfg, total_steps)
     schedules = {
         "language": warmup_cosine(cfg.language, warmup, total_steps),
         "vision": warmup_cosine(cfg.vision, warmup, total_steps),
     }
-    labels = jax.tree_util.tree_map_with_path(lambda p, _: param_group(path_str(p)), params)
+    labels = jax.tree_util.tree_map_with_path(lambda p, _: param_group(path_str(p), cfg.mergers), params)
 
     def decay_mask(tree: Any) -> Any:
         # A callable, so it also works on the group-masked trees multi_transform hands to each AdamW.

@@ -20,6 +20,7 @@ from bard_jax.diffusion.noise import NoiseConfig
 from bard_jax.modeling import init_params, load_pretrained
 from bard_jax.sharding import param_shardings
 from bard_jax.train.config import TrainConfig
+from bard_jax.train.optimizer import check_optimizer_config
 
 
 class SetupError(ValueError):
@@ -110,6 +111,19 @@ def objective_config(cfg: TrainConfig, processor: Processor, vocab_size: int) ->
     )
 
 
+def keep_question_types(records: list[dict], types: tuple[str, ...], path: str) -> list[dict]:
+    """The records whose meta.qtype is in `types` (all of them when `types` is empty). An empty result is an error
+    that names the types the file does hold."""
+    if not types:
+        return records
+    kept = [r for r in records if (r.get("meta") or {}).get("qtype") in types]
+    if not kept:
+        held = sorted({str((r.get("meta") or {}).get("qtype")) for r in records})
+        raise SetupError(f"data.question_types {list(types)}: no sample of {path} has one of them "
+                         f"(its meta.qtype values: {held})")
+    return kept
+
+
 def prepare_run(cfg: TrainConfig) -> Run:
     d = cfg.data
     if d.global_batch_size % d.micro_batch_size:
@@ -117,6 +131,10 @@ def prepare_run(cfg: TrainConfig) -> Run:
                          f"data.micro_batch_size {d.micro_batch_size}")
     if d.prefetch < 0 or d.workers < 0:
         raise SetupError(f"data.prefetch ({d.prefetch}) and data.workers ({d.workers}) must be >= 0")
+    try:
+        check_optimizer_config(cfg.optim)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
     root = d.image_root
     train = d.train_jsonl
     processor_dir = d.processor or resolve_weights(cfg.model.init_from)
@@ -143,6 +161,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
             raise SetupError(f"teacher vocabulary {teacher_config.text.vocab_size} differs from the student's "
                              f"{model_config.text.vocab_size}")
     records, skipped = read_jsonl(train, strict=d.strict)
+    records = keep_question_types(records, tuple(d.question_types), train)
     block = obj.block_size if obj.kind != "ar" else 1
     pipe = PipelineConfig(
         global_batch_size=d.global_batch_size, block_size=block, length_buckets=tuple(d.length_buckets),
