@@ -14,15 +14,14 @@ language model, not the unembedding.
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from probe_vision import least_squares_accuracy, variance_share
+from probe_vision import least_squares_accuracy, load_model, variance_share
 
 import bard_jax as bj
-from bard_jax.data import Processor, synthetic
+from bard_jax.data import synthetic
 from bard_jax.model.attention import TokenInfo
 from bard_jax.model.inputs import text_positions, vision_inputs, window_index
 from bard_jax.model.vlm import Qwen3VL
@@ -60,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=1500)
     p.add_argument("--seed", type=int, default=777)
     a = p.parse_args(argv)
-    path = os.path.join(a.model, "export") if os.path.isdir(os.path.join(a.model, "export")) else a.model
-    model = bj.load_pretrained(path)
-    proc = Processor.from_pretrained(path)
+    model, proc, path = load_model(a.model)
     digit_ids = np.asarray([proc.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
     state_fn = answer_state_fn(model)
     rng = np.random.default_rng(a.seed)

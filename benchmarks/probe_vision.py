@@ -104,15 +104,19 @@ def probe(model: bj.Model, proc: Processor, scenes: list) -> dict[str, float]:
     return out
 
 
+def load_model(model_dir: str) -> tuple[bj.Model, Processor, str]:
+    """The model and processor of an export directory or of a training workdir (its export/), and the path used."""
+    path = os.path.join(model_dir, "export") if os.path.isdir(os.path.join(model_dir, "export")) else model_dir
+    return bj.load_pretrained(path), Processor.from_pretrained(path), path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--scenes", type=int, default=3000)
     p.add_argument("--seed", type=int, default=12345)
     a = p.parse_args(argv)
-    path = os.path.join(a.model, "export") if os.path.isdir(os.path.join(a.model, "export")) else a.model
-    trained = bj.load_pretrained(path)
-    proc = Processor.from_pretrained(path)
+    trained, proc, path = load_model(a.model)
     rng = np.random.default_rng(a.seed)
     scenes = [synthetic.draw_scene(rng) for _ in range(a.scenes)]
     random_init = bj.Model(init_params(trained.config, jax.random.key(0)), trained.config)
