@@ -22,6 +22,7 @@ import numpy as np
 import bard_jax as bj
 from bard_jax.data import synthetic
 from bard_jax.minibard import evaluate
+from bard_jax.train.setup import resolve_weights
 
 ATTRIBUTE = {"shape": lambda o: o["shape"], "color": lambda o: o["color"], "number": lambda o: str(o["number"]),
              "where": lambda o: f"{o['row']} {o['col']}"}
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.path.join("runs", "minibard", "data"))
     p.add_argument("--seed", type=int, default=0, help="the task's generation seed")
     a = p.parse_args(argv)
-    path = os.path.join(a.model, "export") if os.path.isdir(os.path.join(a.model, "export")) else a.model
+    path = resolve_weights(a.model)
     scenes = held_out_scenes(a.data, a.seed)
     rows = decode_all(bj.load_pretrained(path), evaluate.load_eval_set(a.data))
     counts: collections.Counter = collections.Counter()

@@ -18,7 +18,6 @@ between-class variance (of the class means around the overall mean) over the tot
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ from bard_jax.data import Processor, synthetic
 from bard_jax.model.inputs import vision_inputs
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import init_params, network
+from bard_jax.train.setup import resolve_weights
 
 
 def cell_features(model: bj.Model, proc: Processor, scenes: list) -> tuple[list, list]:
@@ -106,7 +106,7 @@ def probe(model: bj.Model, proc: Processor, scenes: list) -> dict[str, float]:
 
 def load_model(model_dir: str) -> tuple[bj.Model, Processor, str]:
     """The model and processor of an export directory or of a training workdir (its export/), and the path used."""
-    path = os.path.join(model_dir, "export") if os.path.isdir(os.path.join(model_dir, "export")) else model_dir
+    path = resolve_weights(model_dir)
     return bj.load_pretrained(path), Processor.from_pretrained(path), path
 
 

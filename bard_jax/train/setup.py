@@ -131,10 +131,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
                          f"data.micro_batch_size {d.micro_batch_size}")
     if d.prefetch < 0 or d.workers < 0:
         raise SetupError(f"data.prefetch ({d.prefetch}) and data.workers ({d.workers}) must be >= 0")
-    try:
-        check_optimizer_config(cfg.optim)
-    except ValueError as e:
-        raise SetupError(str(e)) from None
+    check_optimizer_config(cfg.optim)  # before anything is read or written
     root = d.image_root
     train = d.train_jsonl
     processor_dir = d.processor or resolve_weights(cfg.model.init_from)
