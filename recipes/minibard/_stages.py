@@ -23,20 +23,23 @@ DATA = DataSection(
 MODEL = ModelSection(preset="mini", param_dtype="float32", compute_dtype="float32")
 
 
-def optim(peak: float, warmup: int, floor: float, vision_ratio: float) -> OptimizerConfig:
-    """AdamW; the vision tower (not its mergers) at `vision_ratio` x the language peak, with the release's vision
-    floor (0.1x) unless it shares the language rate. The release's stage 1 uses 0.1x; at 1x the tower forgets the
-    digits (README, "Decisions where the spec left room")."""
-    language = GroupSchedule(peak, start_ratio=0.1, floor_ratio=floor)
-    vision = GroupSchedule(peak * vision_ratio, start_ratio=0.1, floor_ratio=floor if vision_ratio == 1 else 0.1)
-    return OptimizerConfig(language=language, vision=vision, warmup_steps=warmup, clip_norm=1.0, weight_decay=0.0)
+def optim(peak: float, warmup: int, floor: float) -> OptimizerConfig:
+    """AdamW on the language side; the whole vision side (tower and mergers) held at its random init.
+
+    The release trains a pretrained tower at 0.1x (stage 1) or 1x (stage 2). Mini-BARD has no pretrained tower, and
+    one trained from scratch on 20k scenes learns shapes and colours faster than the language model learns to read
+    the digits, then drowns them (README, "Decisions where the spec left room"): held fixed, the random tower keeps
+    every cell's digit linearly readable and the AR source reaches 55.5% instead of 46.8%."""
+    return OptimizerConfig(language=GroupSchedule(peak, start_ratio=0.1, floor_ratio=floor),
+                           vision=GroupSchedule(0.0), mergers="vision",
+                           warmup_steps=warmup, clip_norm=1.0, weight_decay=0.0)
 
 
 def ar(steps: int = 7000) -> TrainConfig:
     """The source model: next-token prediction from random weights."""
     return TrainConfig(name="minibard_ar", workdir=os.path.join(RUNS, "ar"), steps=steps, log_every=10,
                        ckpt_every=500, export_hf=False, model=MODEL, data=DATA,
-                       objective=ObjectiveSection(kind="ar"), optim=optim(1e-3, 50, 0.05, 0.1))
+                       objective=ObjectiveSection(kind="ar"), optim=optim(1e-3, 50, 0.05))
 
 
 def pbm(block_size: int, steps: int | None = None) -> TrainConfig:
@@ -50,7 +53,7 @@ def pbm(block_size: int, steps: int | None = None) -> TrainConfig:
         name=f"minibard_pbm_b{block_size}", workdir=os.path.join(RUNS, f"pbm_b{block_size}"), steps=steps,
         log_every=10, ckpt_every=500, export_hf=False,
         model=dataclasses.replace(MODEL, preset="", init_from=os.path.join(RUNS, prev)), data=DATA,
-        objective=ObjectiveSection(kind="pbm", block_size=block_size, noise="mask"), optim=optim(5e-4, 30, 0.1, 0.1),
+        objective=ObjectiveSection(kind="pbm", block_size=block_size, noise="mask"), optim=optim(5e-4, 30, 0.1),
     )
 
 
@@ -63,5 +66,5 @@ def swd(block_size: int, steps: int = 500) -> TrainConfig:
         objective=ObjectiveSection(kind="swd", block_size=block_size, noise="mask",
                                    teacher_init_from=os.path.join(RUNS, "pbm_b4"), teacher_block_size=4, top_k=16,
                                    ce_weight=1.0, kd_weight=0.5, temperature=1.0),
-        optim=optim(3e-4, 30, 0.1, 1.0),  # stage 2: one learning rate for every parameter, as released
+        optim=optim(3e-4, 30, 0.1),
     )
