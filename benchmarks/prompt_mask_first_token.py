@@ -21,7 +21,7 @@ from bard_jax.minibard import evaluate
 from bard_jax.train.setup import resolve_weights
 
 
-def first_token_accuracy(model, ev: evaluate.EvalSet, block_size: int | None, batch: int) -> dict[str, float]:
+def first_token_accuracy(model: bj.Model, ev: evaluate.EvalSet, block_size: int | None, batch: int) -> dict[str, float]:
     """Per question type (and "all"): share of questions whose first answer token is the argmax at the last prompt
     position, with `block_size=None` (token-causal) or the block-causal prompt mask of that size."""
     hits, counts = collections.Counter(), collections.Counter()
@@ -43,13 +43,13 @@ def first_token_accuracy(model, ev: evaluate.EvalSet, block_size: int | None, ba
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="export dir or a training workdir (its export/ is used)")
     p.add_argument("--data", default="runs/minibard/data", help="the task directory (eval.jsonl, tokenizer/)")
     p.add_argument("--blocks", type=int, nargs="+", default=[4, 32], help="block sizes of the block-causal mask")
     p.add_argument("--batch", type=int, default=32)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     model = bj.load_pretrained(resolve_weights(args.model))
     ev = evaluate.load_eval_set(args.data)
     print(f"{ev.size} held-out questions, first answer token at the last prompt position (exact match of it, %)")
@@ -58,7 +58,8 @@ def main() -> None:
         name = "token-causal" if block_size is None else f"block-causal b={block_size}"
         print(f"{name:>20}: all {100 * acc.pop('all'):.1f}  " +
               "  ".join(f"{q} {100 * v:.1f}" for q, v in acc.items()), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
