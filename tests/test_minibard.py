@@ -78,3 +78,42 @@ def test_chain_order_inputs_and_skipping_finished_stages(tmp_path, capsys):
     (tmp_path / "ar" / "export").mkdir(parents=True)
     assert stages.run_stage(chain[0], str(tmp_path)) == 0.0  # finished: not trained again
     assert "already trained, skipped" in capsys.readouterr().out
+
+
+def test_seed_reaches_every_random_choice_of_every_stage(tmp_path):
+    from bard_jax.minibard import stages
+    from bard_jax.minibard.__main__ import seed_overrides
+    from bard_jax.train.recipe import apply_overrides, load_recipe, parse_override_args
+
+    assert seed_overrides(0) == ()  # the default run's stage commands are the recipes' own
+    for stage in stages.chain():
+        argv = stages.train_argv(stage, str(tmp_path), seed_overrides(7))
+        assert argv[2] == "--workdir"
+        cfg = apply_overrides(load_recipe(argv[1]), parse_override_args(argv[4:]))
+        assert (cfg.seed, cfg.data.seed, cfg.objective.seed) == (7, 7, 7), stage.name
+        assert cfg.data.synthetic_seed == 0, stage.name  # the same task and held-out questions for every seed
+
+
+def test_a_workdir_holds_one_seed(tmp_path):
+    from bard_jax.minibard.__main__ import claim_workdir
+
+    claim_workdir(str(tmp_path / "a"), 3)
+    claim_workdir(str(tmp_path / "a"), 3)  # the same seed resumes
+    with pytest.raises(SystemExit, match="--seed 3"):
+        claim_workdir(str(tmp_path / "a"), 4)
+    (tmp_path / "old" / "ar").mkdir(parents=True)  # trained before seeds were recorded: the default seed
+    with pytest.raises(SystemExit, match="--seed 0"):
+        claim_workdir(str(tmp_path / "old"), 1)
+    claim_workdir(str(tmp_path / "old"), 0)
+    assert json.load(open(tmp_path / "old" / "seed.json")) == {"seed": 0}
+
+
+def test_paired_sign_test_p_values():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired", os.path.join(REPO, "benchmarks", "paired_exact_match.py"))
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    assert paired.sign_test_p(0, 5) == pytest.approx(2 / 32)  # five of five discordant one way: 2 * 0.5^5
+    assert paired.sign_test_p(9, 1) == pytest.approx(2 * 11 / 1024)  # 2 * (C(10,0) + C(10,1)) / 2^10
+    assert paired.sign_test_p(3, 3) == 1.0 and paired.sign_test_p(0, 0) == 1.0

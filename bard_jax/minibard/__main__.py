@@ -1,4 +1,4 @@
-"""`python -m bard_jax.minibard [--workdir DIR] [--results DIR] [--smoke]`: the BARD method in miniature.
+"""`python -m bard_jax.minibard [--workdir DIR] [--results DIR] [--seed S] [--smoke]`: the BARD method in miniature.
 
 1. generates the synthetic task (train and held-out eval scenes) into WORKDIR/data;
 2. trains the AR source model from random weights (`recipes/minibard/ar.py`), PBM 4 -> 8 -> 16 -> 32 from it, and
@@ -10,7 +10,9 @@
 4. writes RESULTS/minibard.json, RESULTS/minibard.md and PNG plots.
 
 `--smoke` runs every part with a few steps and a tiny eval (the test suite runs it); its results go to
-WORKDIR/results unless --results is given.
+WORKDIR/results unless --results is given. `--seed S` replicates the chain with another training seed (the AR
+source's init, the data order and the diffusion noise of every stage) on the same task and held-out questions; a
+workdir holds one seed's chain, since finished stages are reused.
 """
 
 from __future__ import annotations
@@ -40,7 +42,35 @@ def parse_args(argv):
                    "most XLA optimizations off (about 2.5 minutes on 2 cores)")
     p.add_argument("--eval-n", type=int, default=0, help="held-out questions to evaluate (0: all)")
     p.add_argument("--batch", type=int, default=32, help="questions decoded together")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every stage (init, data order, noise); "
+                   "the task and its held-out questions stay the same")
     return p.parse_args(argv)
+
+
+def seed_overrides(seed: int) -> tuple[str, ...]:
+    """The recipe overrides that move every random choice of training to `seed` (none for the default 0, so the
+    printed stage commands stay the recipes' own)."""
+    if seed == 0:
+        return ()
+    return (f"--recipe.seed={seed}", f"--recipe.data.seed={seed}", f"--recipe.objective.seed={seed}")
+
+
+def claim_workdir(workdir: str, seed: int) -> None:
+    """Record the chain's seed in WORKDIR/seed.json, or refuse a workdir that holds another seed's stages: they
+    would be skipped as finished and the run would silently mix seeds."""
+    path = os.path.join(workdir, "seed.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            held = json.load(f).get("seed")
+    else:  # stages trained before the runner recorded seeds were trained with the default
+        held = 0 if os.path.isdir(os.path.join(workdir, "ar")) else None
+    if held is not None and held != seed:
+        raise SystemExit(f"{workdir} holds the chain of --seed {held}; give --seed {seed} its own --workdir")
+    if os.path.exists(path):
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"seed": seed}, f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = os.path.abspath(args.workdir)
     results_dir = args.results or (os.path.join(workdir, "results") if args.smoke else "results")
     os.makedirs(results_dir, exist_ok=True)
-    overrides = SMOKE_TRAIN if args.smoke else ()
+    claim_workdir(workdir, args.seed)
+    overrides = (SMOKE_TRAIN if args.smoke else ()) + seed_overrides(args.seed)
     eval_n = args.eval_n or (12 if args.smoke else 0)
     batch = 4 if args.smoke else args.batch
 
@@ -96,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "ar": ar,
         "models": models,
         "eval_questions": ev.size,
+        "seed": args.seed,
         "smoke": args.smoke,
         "train_seconds": train_seconds,
         "total_seconds": time.time() - t_start,

@@ -133,6 +133,18 @@ def run_setting(model: bj.Model, ev: EvalSet, decode, batch: int) -> dict[str, A
     }
 
 
+def exact_per_question(ev: EvalSet, decode, batch: int) -> np.ndarray:
+    """[N] bool: each held-out question's exact match, in the eval set's (group, row) order, which is the same for
+    every model, so two models' arrays pair question by question. Untimed; `decode` as in `run_setting`."""
+    exact = []
+    for group in ev.groups:
+        for start, rows, ids, mask, pixels, grids in _batches(group, batch):
+            tokens = np.asarray(decode(ids, mask, pixels, grids)[0])
+            exact += [_score(tokens[r], group.answers[start + r], ev.eos_token_id, ev.mask_token_id)[0]
+                      for r in range(rows)]
+    return np.asarray(exact, bool)
+
+
 def ar_decoder(model: bj.Model, ev: EvalSet, max_new_tokens: int):
     cfg = ARConfig(max_new_tokens=max_new_tokens, eos_token_id=ev.eos_token_id)
 

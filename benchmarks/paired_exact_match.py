@@ -1,0 +1,75 @@
+"""Are two Mini-BARD models' exact-match figures different beyond chance? A paired comparison on the held-out set.
+
+Every model of a Mini-BARD workdir answers the same held-out questions, so two models can be compared question by
+question: the questions only A gets right and those only B gets right decide the difference. Under "no difference"
+each such discordant question is a fair coin, which gives an exact two-sided sign test (McNemar's exact test). Each
+model is decoded at the reference setting (the AR source with KV-cached greedy decoding, a diffusion model
+dynamically at threshold 0.9 with block size from its stage name).
+
+  python benchmarks/paired_exact_match.py --workdir runs/minibard [--pairs ar:pbm_b4 pbm_b32:swd_b32 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import numpy as np
+
+import bard_jax as bj
+from bard_jax.minibard import evaluate
+
+MAX_NEW_TOKENS = 64
+DEFAULT_PAIRS = ("ar:pbm_b4", "pbm_b4:pbm_b32", "pbm_b32:swd_b32", "pbm_b4:swd_b32", "ar:swd_b32")
+
+
+def sign_test_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided p-value of `a_only` vs `b_only` discordant questions under a fair coin."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def decoder(name: str, model: bj.Model, ev: evaluate.EvalSet, threshold: float):
+    if name == "ar":
+        return evaluate.ar_decoder(model, ev, MAX_NEW_TOKENS)
+    block_size = int(name.rsplit("_b", 1)[1])
+    cfg = bj.SamplingConfig(max_new_tokens=MAX_NEW_TOKENS, block_size=block_size, denoising_steps=block_size,
+                            strategy="low_confidence_dynamic", confidence_threshold=threshold, commit="forward",
+                            mask_token_id=ev.mask_token_id, eos_token_id=ev.eos_token_id)
+    return evaluate.diffusion_decoder(model, ev, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="runs/minibard", help="a Mini-BARD workdir (its stages and data/)")
+    p.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), help="A:B stage names")
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    pairs = [tuple(s.split(":")) for s in args.pairs]
+    if any(len(pair) != 2 for pair in pairs):
+        p.error(f"--pairs take A:B stage names, got {args.pairs}")
+    ev = evaluate.load_eval_set(os.path.join(args.workdir, "data"))
+    exact = {}
+    for name in dict.fromkeys(n for pair in pairs for n in pair):
+        model = bj.load_pretrained(os.path.join(args.workdir, name, "export"))
+        exact[name] = evaluate.exact_per_question(ev, decoder(name, model, ev, args.threshold), args.batch)
+        em = exact[name].mean()
+        half = 1.96 * math.sqrt(em * (1 - em) / ev.size)
+        print(f"{name:>8}: exact match {100 * em:.2f}% (+-{100 * half:.1f} at 95%, binomial)", flush=True)
+    print(f"\n{ev.size} held-out questions, paired (B - A; only-A / only-B right; exact sign test)")
+    print("| A | B | B - A points | only A right | only B right | p |\n|---|---|---|---|---|---|")
+    for a, b in pairs:
+        a_only = int(np.sum(exact[a] & ~exact[b]))
+        b_only = int(np.sum(exact[b] & ~exact[a]))
+        print(f"| {a} | {b} | {100 * (b_only - a_only) / ev.size:+.2f} | {a_only} | {b_only} | "
+              f"{sign_test_p(a_only, b_only):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
