@@ -117,6 +117,33 @@ def test_mergers_follow_the_named_group(mergers):
     assert not any(tower) and all(text)
 
 
+def test_held_group_gets_no_gradient_and_stays_out_of_the_clip_norm():
+    import jax.numpy as jnp
+
+    from bard_jax.train.optimizer import GroupSchedule, OptimizerConfig, make_optimizer, trainable_mask
+    from bard_jax.train.step import init_state, make_train_step
+
+    params = {"language_model": {"w": jnp.zeros(3)}, "visual": {"blocks": {"w": jnp.zeros(4)}}}
+    x = jnp.arange(1.0, 5.0)
+
+    def loss_fn(p, micro, teacher, n):  # the held tower's gradient (x * 100) would dominate any norm
+        loss = jnp.sum(p["language_model"]["w"] * x[:3]) + 100.0 * jnp.sum(p["visual"]["blocks"]["w"] * x)
+        return loss * jnp.mean(micro["one"]), {}
+
+    cfg = OptimizerConfig(language=GroupSchedule(1e-1, start_ratio=1.0), vision=GroupSchedule(0.0), warmup_steps=0,
+                          clip_norm=1.0, mergers="vision")
+    assert trainable_mask(cfg, params) == {"language_model": {"w": True}, "visual": {"blocks": {"w": False}}}
+    tx, schedules = make_optimizer(cfg, 10, params)
+    batch = {"one": jnp.ones((1, 2))}
+    held, m_held = make_train_step(loss_fn, tx, schedules, global_batch_size=2,
+                                   trainable=trainable_mask(cfg, params))(init_state(params, tx, 0), batch, None)
+    _, m_all = make_train_step(loss_fn, tx, schedules, global_batch_size=2)(init_state(params, tx, 0), batch, None)
+    assert float(m_held["grad_norm"]) == pytest.approx(float(jnp.linalg.norm(x[:3])))  # the language side only
+    assert float(m_all["grad_norm"]) > 100.0
+    assert not jnp.any(held.params["visual"]["blocks"]["w"])
+    assert jnp.all(held.params["language_model"]["w"] < 0)  # trained
+
+
 def test_unknown_merger_group_is_a_clear_error():
     from bard_jax.train.optimizer import OptimizerConfig, check_optimizer_config
 

@@ -21,7 +21,7 @@ from bard_jax.diffusion.noise import NoiseConfig
 from bard_jax.modeling import init_params
 from bard_jax.sharding import param_shardings, replicated
 from bard_jax.train.config import TrainConfig
-from bard_jax.train.optimizer import make_optimizer
+from bard_jax.train.optimizer import make_optimizer, trainable_mask
 from bard_jax.train.step import init_state, make_train_step
 
 GiB = 2**30
@@ -96,7 +96,8 @@ def dry_run(cfg: TrainConfig, mesh) -> str:
         return loss_fn(p, micro, jax.random.key(0), t, model_config=model_config, obj=obj, global_num_samples=n,
                        teacher_config=teacher_config)
 
-    step = make_train_step(loss, tx, schedules, global_batch_size=cfg.data.global_batch_size)
+    step = make_train_step(loss, tx, schedules, global_batch_size=cfg.data.global_batch_size,
+                           trainable=trainable_mask(cfg.optim, params))
     compiled = jax.jit(step, in_shardings=(s_shard, b_shard, teacher_shard),
                        out_shardings=(s_shard, replicated(mesh)), donate_argnums=(0,)).lower(
         state, batch, teacher).compile()

@@ -23,7 +23,7 @@ from bard_jax.train import recipe as recipe_lib
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
 from bard_jax.train.config import TrainConfig
 from bard_jax.train.metrics import MetricsWriter
-from bard_jax.train.optimizer import make_optimizer
+from bard_jax.train.optimizer import make_optimizer, trainable_mask
 from bard_jax.train.signals import StopFlag
 from bard_jax.train.step import TrainState, init_state, make_train_step
 
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = setup.teacher_params(cfg, model_config, mesh)
 
     # --- compile
-    step_fn = make_train_step(run.loss_fn, tx, schedules, global_batch_size=cfg.data.global_batch_size)
+    step_fn = make_train_step(run.loss_fn, tx, schedules, global_batch_size=cfg.data.global_batch_size,
+                              trainable=trainable_mask(cfg.optim, params_abstract))
     teacher_shard = None if teacher is None else param_shardings(teacher, mesh)
     train_step = None  # compiled on the first batch, once its keys are known
 

@@ -96,6 +96,16 @@ def check_optimizer_config(cfg: OptimizerConfig) -> None:
         raise ValueError(f"optim.mergers must be one of {MERGER_GROUPS}, got {cfg.mergers!r}")
 
 
+def trainable_mask(cfg: OptimizerConfig, params: Any) -> Any:
+    """A pytree of Python bools like `params`: False where the leaf's group has peak learning rate 0.
+
+    Such a group is held, not trained: the train step stops its gradients, so they cost no backward pass and do
+    not enter the global norm that clipping divides by (as frozen weights in PyTorch, which have no .grad). With
+    them in the norm, the gradients of weights that never move would shrink every trained weight's update."""
+    peaks = {"language": cfg.language.peak_lr, "vision": cfg.vision.peak_lr}
+    return jax.tree_util.tree_map_with_path(lambda p, _: peaks[param_group(path_str(p), cfg.mergers)] != 0.0, params)
+
+
 def make_optimizer(cfg: OptimizerConfig, total_steps: int, params: Any) -> tuple[optax.GradientTransformation, dict]:
     """The full optimizer (clip, then per-group AdamW) and the per-group schedules (for logging)."""
     check_optimizer_config(cfg)

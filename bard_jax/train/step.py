@@ -42,17 +42,25 @@ def make_train_step(
     schedules: dict[str, optax.Schedule],
     *,
     global_batch_size: int,
+    trainable: Any = None,
 ) -> Callable[[TrainState, dict[str, jax.Array], Any], tuple[TrainState, dict[str, jax.Array]]]:
     """Build train_step(state, batch, teacher_params).
 
     `batch` leaves are [A, b, ...]: A micro-batches of b examples (A * b = global batch). `loss_fn(params, micro,
     teacher_params, global_num_samples)` must return a loss already divided by the global sample count, so the
     micro-batch losses and gradients simply add up (exact under accumulation and data parallelism).
+    `trainable` (optimizer.trainable_mask; None: all) marks held leaves, whose gradient is stopped: zero, never
+    computed, and out of the clipping norm.
     """
+
+    def hold(params: Any) -> Any:
+        if trainable is None:
+            return params
+        return jax.tree_util.tree_map(lambda x, t: x if t else jax.lax.stop_gradient(x), params, trainable)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
         grad_fn = jax.value_and_grad(
-            lambda p, micro: loss_fn(p, micro, teacher_params, global_batch_size), has_aux=True
+            lambda p, micro: loss_fn(hold(p), micro, teacher_params, global_batch_size), has_aux=True
         )
 
         def accumulate(carry, micro):
