@@ -18,9 +18,9 @@ import os
 import numpy as np
 
 import bard_jax as bj
-from bard_jax.minibard import evaluate
+from bard_jax.minibard import evaluate, stages
+from bard_jax.minibard.__main__ import MAX_NEW_TOKENS, REFERENCE
 
-MAX_NEW_TOKENS = 64
 DEFAULT_PAIRS = ("ar:pbm_b4", "pbm_b4:pbm_b32", "pbm_b32:swd_b32", "pbm_b4:swd_b32", "ar:swd_b32")
 
 
@@ -33,12 +33,13 @@ def sign_test_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def decoder(name: str, model: bj.Model, ev: evaluate.EvalSet, threshold: float):
-    if name == "ar":
+def decoder(stage: stages.Stage, model: bj.Model, ev: evaluate.EvalSet, threshold: float):
+    """The runner's reference setting for `stage` (at `threshold`)."""
+    if stage.kind == "ar":
         return evaluate.ar_decoder(model, ev, MAX_NEW_TOKENS)
-    block_size = int(name.rsplit("_b", 1)[1])
-    cfg = bj.SamplingConfig(max_new_tokens=MAX_NEW_TOKENS, block_size=block_size, denoising_steps=block_size,
-                            strategy="low_confidence_dynamic", confidence_threshold=threshold, commit="forward",
+    cfg = bj.SamplingConfig(max_new_tokens=MAX_NEW_TOKENS, block_size=stage.block_size,
+                            denoising_steps=stage.block_size, strategy=REFERENCE["strategy"],
+                            confidence_threshold=threshold, commit=REFERENCE["commit"],
                             mask_token_id=ev.mask_token_id, eos_token_id=ev.eos_token_id)
     return evaluate.diffusion_decoder(model, ev, cfg)
 
@@ -47,17 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="runs/minibard", help="a Mini-BARD workdir (its stages and data/)")
     p.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), help="A:B stage names")
-    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--threshold", type=float, default=REFERENCE["threshold"])
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args(argv)
+    chain = {s.name: s for s in stages.chain()}
     pairs = [tuple(s.split(":")) for s in args.pairs]
-    if any(len(pair) != 2 for pair in pairs):
-        p.error(f"--pairs take A:B stage names, got {args.pairs}")
+    if any(len(pair) != 2 or not set(pair) <= set(chain) for pair in pairs):
+        p.error(f"--pairs take A:B stage names from {list(chain)}, got {args.pairs}")
     ev = evaluate.load_eval_set(os.path.join(args.workdir, "data"))
     exact = {}
     for name in dict.fromkeys(n for pair in pairs for n in pair):
         model = bj.load_pretrained(os.path.join(args.workdir, name, "export"))
-        exact[name] = evaluate.exact_per_question(ev, decoder(name, model, ev, args.threshold), args.batch)
+        exact[name] = evaluate.exact_per_question(ev, decoder(chain[name], model, ev, args.threshold), args.batch)
         em = exact[name].mean()
         half = 1.96 * math.sqrt(em * (1 - em) / ev.size)
         print(f"{name:>8}: exact match {100 * em:.2f}% (+-{100 * half:.1f} at 95%, binomial)", flush=True)

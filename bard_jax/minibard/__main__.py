@@ -59,18 +59,18 @@ def claim_workdir(workdir: str, seed: int) -> None:
     """Record the chain's seed in WORKDIR/seed.json, or refuse a workdir that holds another seed's stages: they
     would be skipped as finished and the run would silently mix seeds."""
     path = os.path.join(workdir, "seed.json")
-    if os.path.exists(path):
+    recorded = os.path.exists(path)
+    if recorded:
         with open(path) as f:
             held = json.load(f).get("seed")
     else:  # stages trained before the runner recorded seeds were trained with the default
         held = 0 if os.path.isdir(os.path.join(workdir, "ar")) else None
     if held is not None and held != seed:
         raise SystemExit(f"{workdir} holds the chain of --seed {held}; give --seed {seed} its own --workdir")
-    if os.path.exists(path):
-        return
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"seed": seed}, f)
+    if not recorded:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"seed": seed}, f)
 
 
 def main(argv: list[str] | None = None) -> int:
