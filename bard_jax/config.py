@@ -18,10 +18,12 @@ import json
 import os
 from typing import Any
 
+from bard_jax.errors import BardError
+
 SUPPORTED_MODEL_TYPES = ("qwen3_vl", "bard_vl")
 
 
-class ConfigError(ValueError):
+class ConfigError(BardError, ValueError):
     """A config.json that cannot describe a Qwen3-VL / BARD-VL model."""
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bard_jax.config import ModelConfig
+from bard_jax.errors import InputError
 from bard_jax.model.attention import TokenInfo
 from bard_jax.model.inputs import text_positions, vision_inputs, window_index
 from bard_jax.model.positions import vision_patch_metadata
@@ -26,7 +27,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 def resolve_dtype(dtype: Any) -> Any:
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+            raise InputError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
         return DTYPES[dtype]
     return jnp.dtype(dtype).type if dtype is not None else None
 
@@ -102,14 +103,14 @@ def forward(
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids, dtype=bool)
     attention_mask = jnp.asarray(attention_mask).astype(bool)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
+        raise InputError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
     if block_size is not None and block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise InputError(f"block_size must be >= 1, got {block_size}")
     vis = vision_inputs(model.config, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     pixels, meta, num_image_windows = vis if vis is not None else (None, None, 0)
     return _forward_jit(

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bard_jax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axes (a tuple shards over several axes in order).
@@ -57,16 +59,16 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None =
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape)
     if len(shape) != 3:
-        raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+        raise InputError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
     if shape.count(-1) > 1:
-        raise ValueError(f"at most one mesh entry may be -1, got {shape}")
+        raise InputError(f"at most one mesh entry may be -1, got {shape}")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if len(devices) % known:
-            raise ValueError(f"mesh {shape} does not divide the {len(devices)} devices")
+            raise InputError(f"mesh {shape} does not divide the {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(
+        raise InputError(
             f"mesh (data, fsdp, tensor) = {tuple(shape)} needs {int(np.prod(shape))} devices, "
             f"but {len(devices)} are available"
         )

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from bard_jax.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageSettings:
@@ -33,7 +35,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     """Target (h, w): multiples of `factor`, area within [min_pixels, max_pixels], aspect ratio kept as closely
     as possible; an aspect ratio above 200 is an error."""
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image aspect ratio {max(height, width) / min(height, width):.1f} is above 200")
+        raise InputError(f"image aspect ratio {max(height, width) / min(height, width):.1f} is above 200")
     # No lower bound here (as transformers): a side that rounds to 0 sends the image to the scale-up branch.
     h = round(height / factor) * factor
     w = round(width / factor) * factor

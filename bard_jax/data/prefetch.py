@@ -14,6 +14,8 @@ import concurrent.futures
 import copy
 from typing import Any, Protocol
 
+from bard_jax.errors import InputError
+
 
 class BatchStream(Protocol):
     def next_batch(self) -> dict[str, Any]: ...
@@ -31,7 +33,7 @@ class Prefetcher:
 
     def __init__(self, stream: BatchStream, depth: int = 1):
         if depth < 1:
-            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+            raise InputError(f"prefetch depth must be >= 1, got {depth}")
         self.stream = stream
         self.depth = depth
         self._state = stream.get_state()

@@ -26,11 +26,12 @@ from PIL import Image
 
 from bard_jax.data.image import ImageSettings, process_images
 from bard_jax.data.video import Video, VideoSettings, as_video, process_videos, read_video
+from bard_jax.errors import BardError
 
 _ASSISTANT_NEWLINES = re.compile(r"(<\|im_start\|>assistant)\n+")
 
 
-class DataError(ValueError):
+class DataError(BardError, ValueError):
     """A sample that cannot be encoded (names what is wrong)."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from bard_jax.data.image import ImageSettings, load_frame, patchify
+from bard_jax.errors import InputError
 
 # Frame rate assumed for a bare frame list without one (what transformers assumes too).
 DEFAULT_NATIVE_FPS = 24.0
@@ -71,7 +72,7 @@ def as_video(frames: Any, native_fps: float | None = None) -> Video:
     else:
         arr = np.stack([np.asarray(f.convert("RGB")) for f in frames]) if len(frames) else np.zeros((0, 1, 1, 3))
     if arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
-        raise ValueError(f"a video needs frames [F, H, W, 3] with F >= 1, got shape {arr.shape}")
+        raise InputError(f"a video needs frames [F, H, W, 3] with F >= 1, got shape {arr.shape}")
     return Video(arr.astype(np.uint8), float(native_fps or DEFAULT_NATIVE_FPS), np.arange(len(arr)))
 
 
@@ -80,14 +81,14 @@ def read_video(path: str) -> Video:
     try:
         import av
     except ImportError as e:
-        raise ValueError(f"reading video file {path} needs PyAV: pip install av (or the bard_jax[video] extra)") from e
+        raise InputError(f"reading video file {path} needs PyAV: pip install av (or the bard_jax[video] extra)") from e
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate) if stream.average_rate else None
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     except (av.error.FFmpegError, IndexError, OSError) as e:
-        raise ValueError(f"video {path} cannot be decoded ({e})") from e
+        raise InputError(f"video {path} cannot be decoded ({e})") from e
     return as_video(np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8), fps)
 
 
@@ -119,12 +120,12 @@ def video_smart_resize(frames: int, height: int, width: int, factor: int, tempor
                        max_pixels: int) -> tuple[int, int]:
     """Target (h, w) for a clip: multiples of `factor` with frames x h x w within [min_pixels, max_pixels]."""
     if frames < temporal:
-        raise ValueError(f"a video needs at least {temporal} frames after sampling, got {frames}")
+        raise InputError(f"a video needs at least {temporal} frames after sampling, got {frames}")
     if height < factor or width < factor:  # tiny frames are first scaled so the short side reaches one factor
         scale = max(factor / height, factor / width)
         height, width = int(height * scale), int(width * scale)
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"video aspect ratio {max(height, width) / min(height, width):.1f} is above 200")
+        raise InputError(f"video aspect ratio {max(height, width) / min(height, width):.1f} is above 200")
     h = round(height / factor) * factor
     w = round(width / factor) * factor
     t = round(frames / temporal) * temporal

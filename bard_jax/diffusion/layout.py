@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from bard_jax.errors import BardError
 from bard_jax.model.attention import CLEAN, NOISY, PLAIN
 from bard_jax.model.positions import rope_position_ids
 
 
-class LayoutError(ValueError):
+class LayoutError(BardError, ValueError):
     """A sample that cannot be laid out (empty response, bad block size, too long for the buckets)."""
 
 

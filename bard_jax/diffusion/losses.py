@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from bard_jax.config import ModelConfig
 from bard_jax.diffusion.layout import token_info
 from bard_jax.diffusion.noise import NoiseConfig, corrupt_batch
+from bard_jax.errors import InputError
 from bard_jax.model.attention import NOISY, TokenInfo
 from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
 from bard_jax.model.vlm import Qwen3VL
@@ -42,11 +43,11 @@ class ObjectiveConfig:
 
     def __post_init__(self):
         if self.kind not in ("ar", "pbm", "swd"):
-            raise ValueError(f"unknown objective {self.kind!r}; expected ar, pbm or swd")
+            raise InputError(f"unknown objective {self.kind!r}; expected ar, pbm or swd")
         if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+            raise InputError(f"block_size must be >= 1, got {self.block_size}")
         if self.kind == "swd" and self.block_size % self.teacher_block_size:
-            raise ValueError(
+            raise InputError(
                 f"teacher block size {self.teacher_block_size} must divide the student block size {self.block_size}"
             )
 
@@ -200,6 +201,6 @@ def loss_fn(params, batch, seed_key, teacher_params=None, *, model_config: Model
         return pbm_loss(params, batch, seed_key, model_config=model_config, obj=obj,
                         global_num_samples=global_num_samples)
     if teacher_params is None:
-        raise ValueError("the swd objective needs teacher_params")
+        raise InputError("the swd objective needs teacher_params")
     return swd_loss(params, batch, seed_key, teacher_params, model_config=model_config, obj=obj,
                     global_num_samples=global_num_samples, teacher_config=teacher_config)

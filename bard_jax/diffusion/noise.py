@@ -26,6 +26,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bard_jax.errors import InputError
+
 PRIORS = ("mask", "uniform", "mix", "edit", "mask_rate")
 
 
@@ -41,12 +43,12 @@ class NoiseConfig:
 
     def __post_init__(self):
         if self.prior not in PRIORS:
-            raise ValueError(f"unknown noise prior {self.prior!r}; expected one of {PRIORS}")
+            raise InputError(f"unknown noise prior {self.prior!r}; expected one of {PRIORS}")
         if not 0 < self.rate_min <= self.rate_max <= 1:
-            raise ValueError(f"mask rates must satisfy 0 < rate_min <= rate_max <= 1, got {self.rate_min}, "
+            raise InputError(f"mask rates must satisfy 0 < rate_min <= rate_max <= 1, got {self.rate_min}, "
                              f"{self.rate_max}")
         if self.replace_bound < 1:
-            raise ValueError(f"replace_bound must be >= 1, got {self.replace_bound}")
+            raise InputError(f"replace_bound must be >= 1, got {self.replace_bound}")
 
     @property
     def t_range(self) -> tuple[float, float]:

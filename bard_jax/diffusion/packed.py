@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bard_jax.diffusion.layout import collate_packed, pack_sample, token_info
+from bard_jax.errors import InputError
 from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
@@ -39,7 +40,7 @@ def packed_logits(
     r = int(sample["response_len"])
     noisy = np.asarray(noisy_ids, np.int32)
     if noisy.shape != (r,):
-        raise ValueError(f"noisy_ids must have the padded response length {r}, got shape {noisy.shape}")
+        raise InputError(f"noisy_ids must have the padded response length {r}, got shape {noisy.shape}")
     sample["input_ids"][-r:] = noisy
     batch = {k: jnp.asarray(v) for k, v in collate_packed([sample], len(sample["input_ids"]), r).items()}
     net = network(c, None, "none", False, clean_sees_noisy)

@@ -17,6 +17,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from bard_jax.errors import BardError, InputError
 from bard_jax.hf.table import Entry, flatten
 
 # Tokenizer / processor / generation files that travel with the weights (glob patterns).
@@ -29,7 +30,7 @@ PROGRESS_MIN_BYTES = 256 * 2**20
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BardError, ValueError):
     """A checkpoint that cannot be read or does not match the model; the message names every offending
     file / tensor / field at once."""
 
@@ -44,7 +45,7 @@ def resolve_dtype(dtype: Any) -> np.dtype | None:
         return None
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or 'keep'")
+            raise InputError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or 'keep'")
         return np.dtype(_DTYPES[dtype])
     return np.dtype(dtype)
 
@@ -134,7 +135,7 @@ def parse_size(text: str | int) -> int:
                 return int(float(t[: -len(u)]) * units[u])
         return int(t)
     except ValueError as e:
-        raise ValueError(f"cannot parse size {text!r} (examples: 5GB, 500MB, 2GiB)") from e
+        raise InputError(f"cannot parse size {text!r} (examples: 5GB, 500MB, 2GiB)") from e
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from bard_jax.config import ModelConfig
+from bard_jax.errors import InputError
 from bard_jax.model.positions import rope_position_ids, vision_patch_metadata
 from bard_jax.model.vlm import Qwen3VL
 
@@ -29,9 +30,9 @@ class VisionInputs(NamedTuple):
 def _check_rows(name: str, pixels: Any, config: ModelConfig) -> None:
     v = config.vision
     if pixels.ndim != 2 or pixels.shape[1] != v.patch_dim:
-        raise ValueError(f"{name} must be [num_patches, {v.patch_dim}], got shape {tuple(pixels.shape)}")
+        raise InputError(f"{name} must be [num_patches, {v.patch_dim}], got shape {tuple(pixels.shape)}")
     if pixels.shape[0] % v.merge_unit:
-        raise ValueError(f"{name} has {pixels.shape[0]} rows, not a multiple of the merge unit {v.merge_unit}")
+        raise InputError(f"{name} has {pixels.shape[0]} rows, not a multiple of the merge unit {v.merge_unit}")
 
 
 def vision_inputs(
@@ -53,7 +54,7 @@ def vision_inputs(
         if pixels is None:
             continue
         if grid is None:
-            raise ValueError(f"{name} given without its grid_thw")
+            raise InputError(f"{name} given without its grid_thw")
         pixels = jnp.asarray(pixels)
         _check_rows(name, pixels, config)
         grid = jnp.asarray(grid, jnp.int32).reshape(-1, 3)
@@ -120,7 +121,7 @@ def batched_vision_inputs(
     v = config.vision
     b, p, c = pixels_bpc.shape
     if p % v.merge_unit:
-        raise ValueError(f"per-example pixel rows {p} not a multiple of the merge unit {v.merge_unit}")
+        raise InputError(f"per-example pixel rows {p} not a multiple of the merge unit {v.merge_unit}")
 
     def one(grid_i3: jax.Array) -> dict[str, jax.Array]:
         return vision_patch_metadata(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bard_jax.config import VisionConfig
+from bard_jax.errors import InputError
 from bard_jax.model.attention import grouped_attention
 from bard_jax.model.layers import Dtype, Embed, LayerNorm, Linear
 from bard_jax.model.rope import apply_rope, vision_rope
@@ -174,5 +175,5 @@ def remat_policy(name: str):
         "dots_saveable": jax.checkpoint_policies.dots_saveable,
     }
     if name not in policies:
-        raise ValueError(f"unknown remat policy {name!r}; known: {sorted(policies)} or 'none'")
+        raise InputError(f"unknown remat policy {name!r}; known: {sorted(policies)} or 'none'")
     return policies[name]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bard_jax.errors import InputError
 from bard_jax.model.attention import TokenInfo
 from bard_jax.model.inputs import text_positions, vision_inputs, window_index
 from bard_jax.model.text import KVContext
@@ -35,9 +36,9 @@ class ARConfig:
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+            raise InputError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"invalid sampling settings: temperature {self.temperature}, top_k {self.top_k}, "
+            raise InputError(f"invalid sampling settings: temperature {self.temperature}, top_k {self.top_k}, "
                              f"top_p {self.top_p}")
 
 

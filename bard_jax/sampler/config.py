@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from bard_jax.errors import InputError
+
 STRATEGIES = ("low_confidence_static", "low_confidence_dynamic")
 COMMITS = ("forward", "reuse")
 
@@ -50,7 +52,7 @@ class SamplingConfig:
         if self.commit not in COMMITS:
             problems.append(f"unknown commit mode {self.commit!r}; expected one of {COMMITS}")
         if problems:
-            raise ValueError("invalid SamplingConfig: " + "; ".join(problems))
+            raise InputError("invalid SamplingConfig: " + "; ".join(problems))
 
     def prefill_settings(self) -> SamplingConfig:
         """The settings the prompt prefill depends on (block layout, mask id); the rest set to defaults, so every

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bard_jax.errors import InputError
 from bard_jax.model.attention import PLAIN, TokenInfo
 from bard_jax.model.inputs import text_positions, vision_inputs, window_index
 from bard_jax.model.positions import response_positions
@@ -198,13 +199,13 @@ def generate(
     c = model.config
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     for name in ("mask_token_id", "eos_token_id"):
         if not 0 <= getattr(config, name) < c.text.vocab_size:
-            raise ValueError(f"{name} {getattr(config, name)} outside the vocabulary [0, {c.text.vocab_size})")
+            raise InputError(f"{name} {getattr(config, name)} outside the vocabulary [0, {c.text.vocab_size})")
     total = input_ids.shape[1] + config.num_blocks * config.block_size
     if total > c.text.max_position_embeddings:
-        raise ValueError(f"prompt ({input_ids.shape[1]}) + new tokens ({config.num_blocks * config.block_size}) "
+        raise InputError(f"prompt ({input_ids.shape[1]}) + new tokens ({config.num_blocks * config.block_size}) "
                          f"exceed the model's max positions {c.text.max_position_embeddings}")
     mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)

@@ -13,8 +13,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from bard_jax.errors import BardError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(BardError, ValueError):
     """A checkpoint that does not belong to this recipe (different model shape, objective or optimizer)."""
 
 

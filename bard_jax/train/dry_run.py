@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bard_jax.config import ModelConfig, preset
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
 from bard_jax.diffusion.noise import NoiseConfig
+from bard_jax.errors import InputError
 from bard_jax.modeling import init_params
 from bard_jax.sharding import param_shardings, replicated
 from bard_jax.train.config import TrainConfig
@@ -34,7 +35,7 @@ def _config(path: str, fallback: str) -> ModelConfig:
     if path and os.path.isdir(path):
         return config_of_dir(path)
     if not fallback:
-        raise ValueError(f"dry run: {path!r} does not exist and the recipe names no model.preset to plan with")
+        raise InputError(f"dry run: {path!r} does not exist and the recipe names no model.preset to plan with")
     return preset(fallback)
 
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bard_jax.errors import BardError
 from bard_jax.sharding import make_mesh, param_shardings, replicated
 from bard_jax.train import recipe as recipe_lib
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
@@ -28,7 +29,7 @@ from bard_jax.train.signals import StopFlag
 from bard_jax.train.step import TrainState, init_state, make_train_step
 
 
-class TrainingError(RuntimeError):
+class TrainingError(BardError, RuntimeError):
     """A run that cannot start or must stop (bad setup, non-finite loss)."""
 
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bard_jax.errors import InputError
 from bard_jax.sharding import path_str
 
 
@@ -93,7 +94,7 @@ def decays(path: str, leaf: Any) -> bool:
 def check_optimizer_config(cfg: OptimizerConfig) -> None:
     """Settings that no schedule can honour raise ValueError naming the recipe key."""
     if cfg.mergers not in MERGER_GROUPS:
-        raise ValueError(f"optim.mergers must be one of {MERGER_GROUPS}, got {cfg.mergers!r}")
+        raise InputError(f"optim.mergers must be one of {MERGER_GROUPS}, got {cfg.mergers!r}")
 
 
 def trainable_mask(cfg: OptimizerConfig, params: Any) -> Any:

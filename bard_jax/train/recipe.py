@@ -13,8 +13,10 @@ import os
 import typing
 from typing import Any
 
+from bard_jax.errors import BardError
 
-class RecipeError(ValueError):
+
+class RecipeError(BardError, ValueError):
     """A recipe file or override that cannot be applied."""
 
 

@@ -17,13 +17,14 @@ from bard_jax.data.prefetch import BatchStream, Prefetcher
 from bard_jax.data.processor import Processor
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
 from bard_jax.diffusion.noise import NoiseConfig
+from bard_jax.errors import BardError
 from bard_jax.modeling import init_params, load_pretrained
 from bard_jax.sharding import param_shardings
 from bard_jax.train.config import TrainConfig
 from bard_jax.train.optimizer import check_optimizer_config
 
 
-class SetupError(ValueError):
+class SetupError(BardError, ValueError):
     """A run that cannot start: names the path, key or mismatch."""
 
 
