@@ -7,8 +7,10 @@ BARD adds no weights and no config fields: a BARD-VL checkpoint is a Qwen3-VL ch
   mrope_interleaved}`;
 * transformers 5.x: `text_config.rope_parameters = {rope_theta, rope_type, mrope_section, mrope_interleaved}`.
 
-`tie_word_embeddings` may sit at the top level or inside `text_config`. `ModelConfig.from_hf_dict` accepts all of
-these and remembers the dialect and the original dict so `to_hf_dict` writes the same dialect back.
+`tie_word_embeddings` may sit at the top level, inside `text_config`, or in both with different values: each
+dialect is read as the transformers version that writes it reads it (4.x: `text_config` decides; 5.x: the top
+level). `ModelConfig.from_hf_dict` accepts all of these and remembers the dialect so `to_hf_dict` writes the same
+dialect back.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class ModelConfig:
     vision_end_token_id: int = 151653
     # Where config.json came from, so export writes the same dialect back ("4.x" or "5.x").
     hf_dialect: str = "5.x"
+    # Which config.json flag decided tie_word_embeddings (for error messages); not part of the network's identity.
+    tie_source: str = dataclasses.field(default="", compare=False)
 
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
@@ -155,12 +159,7 @@ class ModelConfig:
             raise ConfigError(
                 f"{source}: text_config mrope_section {list(mrope_section)} must sum to head_dim/2 = {head_dim // 2}"
             )
-        if d.get("tie_word_embeddings") is not None:
-            tie = bool(d["tie_word_embeddings"])
-        elif tc.get("tie_word_embeddings") is not None:
-            tie = bool(tc["tie_word_embeddings"])
-        else:
-            tie = False  # transformers' Qwen3VLConfig default
+        tie, tie_source = _read_tie(d, tc, dialect)
         vrope = vc.get("rope_parameters") or {}
         text = TextConfig(
             vocab_size=int(text_vals["vocab_size"]),
@@ -203,6 +202,7 @@ class ModelConfig:
             vision_start_token_id=int(d.get("vision_start_token_id", 151652)),
             vision_end_token_id=int(d.get("vision_end_token_id", 151653)),
             hf_dialect=dialect,
+            tie_source=tie_source,
         )
         cfg.validate(source)
         return cfg
@@ -283,10 +283,15 @@ class ModelConfig:
         )
         d["text_config"] = tc
         d["vision_config"] = vc
-        if "tie_word_embeddings" in tc and "tie_word_embeddings" not in d:
-            tc["tie_word_embeddings"] = self.tie_word_embeddings
-        else:
-            d["tie_word_embeddings"] = self.tie_word_embeddings
+        # The flag this dialect's transformers reads carries the value; where the other one is present too, it is
+        # made to agree, so that transformers 4.x and 5.x both read what we wrote (a release checkpoint written by
+        # 4.57 says false at the top and true in text_config, and 5.x would build a random head from it).
+        decides, other = (tc, d) if self.hf_dialect == "4.x" else (d, tc)
+        if "tie_word_embeddings" in other and "tie_word_embeddings" not in decides:
+            decides, other = other, decides  # a file that only has the other flag keeps it there
+        decides["tie_word_embeddings"] = self.tie_word_embeddings
+        if "tie_word_embeddings" in other:
+            other["tie_word_embeddings"] = self.tie_word_embeddings
         return d
 
     @classmethod
@@ -303,6 +308,30 @@ class ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------- presets
+def _read_tie(d: dict[str, Any], tc: dict[str, Any], dialect: str) -> tuple[bool, str]:
+    """(tie_word_embeddings, which flag said so) as the transformers version that wrote `d` reads it.
+
+    transformers 4.x ties the head when `text_config.tie_word_embeddings` says so (the top-level flag is the
+    composite config's own default, false); 5.x reads the top-level flag. So a tied checkpoint written under 4.57
+    carries false at the top and true in text_config, with no lm_head tensor. A file whose deciding flag is absent
+    falls back to the other one, then to false (both versions' class default).
+    """
+    top, text = d.get("tie_word_embeddings"), tc.get("tie_word_embeddings")
+    said = f"top-level tie_word_embeddings={_json_bool(top)}, text_config.tie_word_embeddings={_json_bool(text)}"
+    deciding, other = (("text_config", text), ("top-level", top)) if dialect == "4.x" else (
+        ("top-level", top), ("text_config", text))
+    for where, value in (deciding, other):
+        if value is not None:
+            rule = "read" if where == deciding[0] else f"read because the {deciding[0]} flag is absent"
+            return bool(value), (f"config.json in the transformers {dialect} dialect says {said}; the {where} flag "
+                                 f"is {rule}")
+    return False, "config.json sets no tie_word_embeddings (transformers' default: false)"
+
+
+def _json_bool(value: Any) -> str:
+    return "absent" if value is None else json.dumps(value)
+
+
 def _preset(text: TextConfig, vision: VisionConfig, tie: bool) -> ModelConfig:
     return ModelConfig(vision=vision, text=text, tie_word_embeddings=tie)
 

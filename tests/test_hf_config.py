@@ -1,5 +1,6 @@
 """config.json dialects: transformers 4.x / 5.x rotary settings, tie_word_embeddings at the top or in text_config,
-qwen3_vl / bard_vl; parsing, writing back in the same dialect, and loading a BARD-VL directory unchanged."""
+qwen3_vl / bard_vl; parsing, writing back in the same dialect, loading a BARD-VL directory unchanged, and the
+release's own tied checkpoints (written by transformers 4.57: false at the top, true in text_config)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers_hf import make_tiny_hf_checkpoint, rewrite_config
+import safetensors.torch
+import torch
+from helpers_hf import (
+    make_tiny_hf_checkpoint,
+    read_raw_tensors,
+    rewrite_config,
+    tiny_hf_config,
+    tiny_hf_model,
+)
 from transformers import Qwen3VLForConditionalGeneration
 
 import bard_jax as bj
@@ -120,3 +129,105 @@ def test_bard_vl_directory_loads_unchanged(tmp_path):
     assert len(q.sharding.device_set) == 8 and not q.sharding.is_fully_replicated
     jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
                            c.params, b.params)
+
+
+# ------------------------------------------------------------------------------------------------ release checkpoints
+def release_config_4_57(model_type: str) -> dict:
+    """config.json as transformers 4.57.3 `save_pretrained` writes a tied tiny model (the shapes of helpers_hf) with
+    the release's BardVLConfig (model_type bard_vl) or with Qwen3VLConfig: the composite class keeps its default
+    `tie_word_embeddings: false` at the top level and the text config carries `true`. Key for key what 4.57.3
+    wrote for these shapes (float32 weights), transcribed here because the test environment runs transformers 5.x.
+    """
+    bard = model_type == "bard_vl"
+    return {
+        "architectures": ["BardVLForConditionalGeneration" if bard else "Qwen3VLForConditionalGeneration"],
+        "dtype": "float32",
+        "image_token_id": 500,
+        "model_type": model_type,
+        "text_config": {
+            "attention_bias": False, "attention_dropout": 0.0, "head_dim": 32, "hidden_act": "silu",
+            "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 4096,
+            "model_type": "bard_vl_text" if bard else "qwen3_vl_text", "num_attention_heads": 4,
+            "num_hidden_layers": 3, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+            "rope_scaling": {"mrope_interleaved": True, "mrope_section": [6, 5, 5], "rope_type": "default"},
+            "rope_theta": 5000000.0, "tie_word_embeddings": True, "use_cache": True, "vocab_size": 512,
+        },
+        "tie_word_embeddings": False,
+        "transformers_version": "4.57.3",
+        "video_token_id": 501,
+        "vision_config": {
+            "deepstack_visual_indexes": [0, 1], "depth": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 32,
+            "in_channels": 3, "initializer_range": 0.02, "intermediate_size": 64,
+            "model_type": "bard_vl" if bard else "qwen3_vl", "num_heads": 2, "num_position_embeddings": 64,
+            "out_hidden_size": 64, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+        "vision_end_token_id": 503,
+        "vision_start_token_id": 502,
+    }
+
+
+@pytest.fixture(scope="module")
+def tied_model():
+    return tiny_hf_model(seed=3, tied=True)
+
+
+@pytest.mark.parametrize("model_type", ["bard_vl", "qwen3_vl"])
+def test_tied_checkpoint_written_by_transformers_4_57_loads_tied(tmp_path, tied_model, model_type):
+    path = tmp_path / "release"
+    tied_model.save_pretrained(path)  # a tied model's tensors: no lm_head.weight (as 4.57 writes them too)
+    assert "lm_head.weight" not in read_raw_tensors(path)
+    with open(path / "config.json", "w") as f:
+        f.write(json.dumps(release_config_4_57(model_type), indent=2, sort_keys=True) + "\n")
+
+    ours = bj.load_pretrained(path, dtype="float32")
+    assert ours.config.tie_word_embeddings and ours.config.hf_dialect == "4.x"
+    assert "text_config flag is read" in ours.config.tie_source
+
+    # transformers with the head tied by hand: an untied model given the file's tensors and head := embedding.
+    reference = Qwen3VLForConditionalGeneration(tiny_hf_config(tied=False)).eval()
+    state = safetensors.torch.load_file(path / "model.safetensors")
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected
+    with torch.no_grad():
+        reference.lm_head.weight.copy_(reference.model.language_model.embed_tokens.weight)
+    ids = np.random.default_rng(0).integers(0, 500, (2, 24))
+    with torch.no_grad():
+        want = reference(input_ids=torch.from_numpy(ids)).logits.numpy()
+    got = np.asarray(bj.forward(ours, ids))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+    # Export keeps the dialect and the flag the 4.x reader uses; the top-level flag now agrees, so 5.x reads it
+    # tied as well, and the file still has no duplicate head.
+    hf.export_hf(ours.params, ours.config, ours.source["hf_config"], tmp_path / "exported")
+    exported = json.load(open(tmp_path / "exported" / "config.json"))
+    assert exported["text_config"]["tie_word_embeddings"] is True and exported["tie_word_embeddings"] is True
+    assert "rope_scaling" in exported["text_config"] and "lm_head.weight" not in read_raw_tensors(
+        tmp_path / "exported")
+    assert hf.read_hf_config(tmp_path / "exported")[0] == ours.config
+
+
+def test_transformers_5_reads_the_top_level_flag(tmp_path, tied_model):
+    """Why the dialect decides: transformers 5.x reads the 4.57 file's top-level false and leaves the head at its
+    random initialisation, which is what our reading of the 5.x dialect mirrors."""
+    path = tmp_path / "release"
+    tied_model.save_pretrained(path)
+    with open(path / "config.json", "w") as f:
+        json.dump(release_config_4_57("qwen3_vl"), f)
+    loaded = Qwen3VLForConditionalGeneration.from_pretrained(path)
+    assert not loaded.config.tie_word_embeddings
+    assert not torch.equal(loaded.lm_head.weight, loaded.model.language_model.embed_tokens.weight)
+
+
+def test_missing_head_says_which_flag_untied_it(tmp_path, tied_model):
+    path = tmp_path / "release"
+    tied_model.save_pretrained(path)
+    raw = release_config_4_57("bard_vl")
+    del raw["text_config"]["tie_word_embeddings"]  # the 4.x flag absent: the top-level false decides
+    with open(path / "config.json", "w") as f:
+        json.dump(raw, f)
+    with pytest.raises(hf.CheckpointError) as e:
+        bj.load_pretrained(path)
+    message = str(e.value)
+    assert "missing tensor lm_head.weight" in message
+    assert "top-level tie_word_embeddings=false, text_config.tie_word_embeddings=absent" in message
+    assert "top-level flag is read because the text_config flag is absent" in message

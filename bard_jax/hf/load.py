@@ -26,6 +26,7 @@ from bard_jax.safetensors_io import SafetensorsError, SafetensorsFile
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 CHUNK_BYTES = 64 * 2**20
+HEAD = "lm_head.weight"
 ShardingFn = Callable[[tuple[str, ...], tuple[int, ...]], Any]
 
 
@@ -152,7 +153,8 @@ def check_checkpoint(ckpt: HFCheckpoint, config: ModelConfig) -> list[Entry]:
         for name in entry.hf_names:
             expected.add(name)
             if name not in ckpt.tensors:
-                problems.append(f"missing tensor {name} (expected shape {list(entry.hf_shape)})")
+                why = f"; the head is untied because {config.tie_source}" if name == HEAD and config.tie_source else ""
+                problems.append(f"missing tensor {name} (expected shape {list(entry.hf_shape)}){why}")
                 continue
             info = ckpt.info(name)
             if tuple(info["shape"]) != entry.hf_shape:
