@@ -3,7 +3,7 @@
     sys.exit(cli.run(main, prog="python -m bard_jax.train"))
 
 `run` calls `main(argv)` and turns an error of ours (`BardError`, or an `OSError` such as an unwritable output
-directory) into one line on stderr and exit status 1, without a traceback. `--debug` anywhere on the command line,
+directory) into one line on stderr and exit status 1 (or the error's `exit_status`), without a traceback. `--debug` anywhere on the command line,
 or `BARD_JAX_DEBUG=1` in the environment, lets the traceback through. Anything else is a bug and is not caught.
 """
 
@@ -39,4 +39,4 @@ def run(main: Callable[[list[str]], int], prog: str, argv: list[str] | None = No
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         print(f"{prog}: (run with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(e, "exit_status", EXIT_ERROR)

@@ -57,7 +57,7 @@ def start_two(workdir, data, steps, tag=""):
     return procs, logs
 
 
-def finish(procs, logs, timeout=400) -> list[str]:
+def finish(procs, logs, timeout=400, status=0) -> list[str]:
     deadline = time.time() + timeout
     try:
         for p in procs:
@@ -73,7 +73,7 @@ def finish(procs, logs, timeout=400) -> list[str]:
         outs.append(f.read())
         f.close()
     for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-4000:]}"
+        assert p.returncode == status, f"process {i} exited {p.returncode}:\n{out[-4000:]}"
     return outs
 
 
@@ -111,7 +111,7 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_resumes(tmp_p
         time.sleep(0.05)
     assert all(p.poll() is None for p in procs), "a process ended before it could be signalled"
     procs[1].send_signal(signal.SIGTERM)  # only process 1 (process 0 writes the metrics and the messages)
-    outs = finish(procs, logs)
+    outs = finish(procs, logs, status=75)  # both stopped, not finished
     stopped = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert 2 <= stopped < steps
     assert f"stop requested by another process: saved step {stopped}, exiting" in outs[0], outs[0][-3000:]

@@ -44,6 +44,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=32, help="questions decoded together")
     p.add_argument("--seed", type=int, default=0, help="training seed of every stage (init, data order, noise); "
                    "the task and its held-out questions stay the same")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     return p.parse_args(argv)
 
 
@@ -148,4 +149,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bard_jax import cli
+
+    raise SystemExit(cli.run(main, prog="python -m bard_jax.minibard"))

@@ -13,8 +13,16 @@ import shlex
 import time
 
 import bard_jax
+from bard_jax import cli
+from bard_jax.errors import BardError
 
 BLOCKS = (4, 8, 16, 32)
+
+
+class StageStopped(BardError, RuntimeError):
+    """A stage stopped by a signal before its last step (its checkpoint is saved; re-running resumes)."""
+
+    exit_status = cli.EXIT_STOPPED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,8 @@ def run_stage(stage: Stage, workdir: str, overrides: tuple[str, ...] = ()) -> fl
     print(f"[minibard] {stage.name}: python -m bard_jax.train {shlex.join(argv)}", flush=True)
     t0 = time.time()
     rc = train_main(argv)
-    if rc != 0:
+    if rc == cli.EXIT_STOPPED:
+        raise StageStopped(f"stage {stage.name} stopped before its last step; re-run the same command to resume")
+    if rc != cli.EXIT_OK:
         raise RuntimeError(f"stage {stage.name} failed (exit {rc})")
     return time.time() - t0

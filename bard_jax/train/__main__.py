@@ -2,6 +2,7 @@
 
 import sys
 
+from bard_jax import cli
 from bard_jax.train.loop import main
 
-sys.exit(main())
+sys.exit(cli.run(main, prog="python -m bard_jax.train"))

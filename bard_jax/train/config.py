@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
-from bard_jax.train.optimizer import GroupSchedule, OptimizerConfig
+from bard_jax.train.optimizer import MERGER_GROUPS, GroupSchedule, OptimizerConfig
+from bard_jax.train.recipe import RecipeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,3 +113,86 @@ SWD_OPTIM = OptimizerConfig(
     vision=GroupSchedule(6e-6, start_ratio=0.1, floor_ratio=0.5),
     b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, warmup_steps=100, clip_norm=1.0,
 )
+
+
+# ------------------------------------------------------------------------------------------------ validation
+OBJECTIVES = ("ar", "pbm", "swd")
+NOISES = ("mask", "uniform", "mix", "edit", "mask_rate")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_saveable")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Every setting that cannot run, named by its recipe key, in one RecipeError; called on the command line's
+    config before anything is read, written or compiled."""
+    problems: list[str] = []
+    # Numbers that are not finite break every schedule and loss silently; catch them wherever they are.
+    not_finite = [key for key in _leaf_keys(cfg) if any(
+        isinstance(v, float) and not math.isfinite(v) for v in _as_tuple(_value_at(cfg, key)))]
+    problems += [f"{key} = {_value_at(cfg, key)!r}: must be a finite number" for key in not_finite]
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if not ok and key not in not_finite:
+            problems.append(f"{key} = {_value_at(cfg, key)!r}: {what}")
+    for key in ("steps", "log_every", "ckpt_every", "keep_checkpoints", "data.global_batch_size",
+                "data.micro_batch_size", "data.max_images", "objective.block_size"):
+        need(key, _value_at(cfg, key) >= 1, "must be >= 1")
+    for key in ("stop_at_step", "data.workers", "data.prefetch", "data.synthetic_eval_n", "data.min_pixels",
+                "data.max_pixels", "objective.seed"):
+        need(key, _value_at(cfg, key) >= 0, "must be >= 0")
+    if cfg.data.synthetic and not cfg.data.train_jsonl:
+        need("data.synthetic_n", cfg.data.synthetic_n >= 1, "must be >= 1")
+    for key in ("data.length_buckets", "data.response_buckets", "data.patch_buckets"):
+        buckets = _value_at(cfg, key)
+        need(key, bool(buckets) and all(b >= 1 for b in buckets), "must be a non-empty list of sizes >= 1")
+    o = cfg.optim
+    for group in ("language", "vision"):
+        g = getattr(o, group)
+        need(f"optim.{group}.peak_lr", g.peak_lr >= 0, "a learning rate must be >= 0 (0 holds the group)")
+        need(f"optim.{group}.start_ratio", g.start_ratio >= 0, "must be >= 0")
+        need(f"optim.{group}.floor_ratio", g.floor_ratio >= 0, "must be >= 0")
+    need("optim.b1", 0 <= o.b1 < 1, "must be in [0, 1)")
+    need("optim.b2", 0 <= o.b2 < 1, "must be in [0, 1)")
+    need("optim.eps", o.eps > 0, "must be > 0")
+    need("optim.weight_decay", o.weight_decay >= 0, "must be >= 0")
+    need("optim.clip_norm", o.clip_norm > 0, "must be > 0")
+    need("optim.warmup_steps", o.warmup_steps >= -1, "must be >= 0, or -1 for the stage-1 rule")
+    need("optim.mergers", o.mergers in MERGER_GROUPS, f"must be one of {MERGER_GROUPS}")
+    ob = cfg.objective
+    need("objective.kind", ob.kind in OBJECTIVES, f"must be one of {OBJECTIVES}")
+    need("objective.noise", ob.noise in NOISES, f"must be one of {NOISES}")
+    need("objective.mask_rate_min", 0 < ob.mask_rate_min <= 1, "must be in (0, 1]")
+    need("objective.mask_rate_max", ob.mask_rate_min <= ob.mask_rate_max <= 1,
+         "must be in [objective.mask_rate_min, 1]")
+    if ob.kind == "swd":
+        need("objective.teacher_block_size", ob.teacher_block_size >= 1, "must be >= 1")
+        need("objective.top_k", ob.top_k >= 1, "must be >= 1")
+        need("objective.temperature", ob.temperature > 0, "must be > 0")
+        need("objective.ce_weight", ob.ce_weight >= 0, "must be >= 0")
+        need("objective.kd_weight", ob.kd_weight >= 0, "must be >= 0")
+    m = cfg.model
+    need("model.param_dtype", m.param_dtype in DTYPES, f"must be one of {DTYPES}")
+    need("model.compute_dtype", m.compute_dtype in DTYPES, f"must be one of {DTYPES}")
+    need("model.remat_policy", m.remat_policy in REMAT_POLICIES, f"must be one of {REMAT_POLICIES}")
+    for key in ("mesh.data", "mesh.fsdp", "mesh.tensor"):
+        need(key, _value_at(cfg, key) >= 1 or _value_at(cfg, key) == -1, "must be >= 1, or -1 for the rest")
+    if problems:
+        raise RecipeError("settings that cannot run:\n  " + "\n  ".join(problems))
+
+
+def _leaf_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        keys += _leaf_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    return keys
+
+
+def _as_tuple(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _value_at(cfg: Any, key: str) -> Any:
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg

@@ -18,11 +18,12 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bard_jax import cli
 from bard_jax.errors import BardError
 from bard_jax.sharding import make_mesh, param_shardings, replicated
 from bard_jax.train import recipe as recipe_lib
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
-from bard_jax.train.config import TrainConfig
+from bard_jax.train.config import TrainConfig, check_train_config
 from bard_jax.train.metrics import MetricsWriter
 from bard_jax.train.optimizer import make_optimizer, trainable_mask
 from bard_jax.train.signals import StopFlag
@@ -42,6 +43,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--coordinator", default=None, help="multi-host: coordinator address host:port")
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)
     args, rest = parser.parse_known_args(argv)
     return args, recipe_lib.parse_override_args(rest)
 
@@ -51,8 +53,23 @@ def load_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainCon
     if not isinstance(cfg, TrainConfig):
         raise recipe_lib.RecipeError(f"{args.recipe}: get_config() must return a TrainConfig")
     cfg = recipe_lib.apply_overrides(cfg, overrides)
+    check_train_config(cfg)
     workdir = args.workdir or cfg.workdir or os.path.join("runs", cfg.name)
     return dataclasses.replace(cfg, workdir=os.path.abspath(workdir))
+
+
+def claim_workdir(workdir: str) -> None:
+    """Create the workdir and check that it is writable, before any data is generated or weights are read."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise TrainingError(f"workdir {workdir} exists and is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"workdir {workdir} is not writable ({e.strerror or e})") from e
 
 
 def maybe_init_distributed(args: argparse.Namespace) -> None:
@@ -81,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         from bard_jax.train.dry_run import dry_run
 
         print(dry_run(cfg, mesh))
-        return 0
+        return cli.EXIT_OK
 
     # --- data, model config, objective
+    if jax.process_index() == 0:
+        claim_workdir(cfg.workdir)
     run = setup.prepare_run(cfg)  # validates paths, teacher compatibility, batch sizes; builds the data stream
     model_config = run.model_config
     accum = cfg.data.global_batch_size // cfg.data.micro_batch_size
@@ -98,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     state_abstract = jax.eval_shape(lambda p: init_state(p, tx, cfg.seed), params_abstract)
     state_shard = state_shardings(state_abstract, p_shard, mesh)
 
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, meta = ckpt.restore(latest, abstract_like(state_abstract, state_shard), fingerprint)
+    restored = ckpt.restore_latest(abstract_like(state_abstract, state_shard), fingerprint)
+    if restored is not None:
+        state, meta = restored
         run.data.set_state(meta["data_state"])
         start_step = int(meta["step"])
     else:
@@ -124,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"steps {start_step}->{cfg.steps} mesh={dict(mesh.shape)} workdir={cfg.workdir}"
     )
     step = start_step
-    last_saved = start_step if latest is not None else None
+    last_saved = start_step if restored is not None else None
     try:
         while step < cfg.steps:
             host_batch = run.data.next_batch()
@@ -169,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 save(ckpt, step, state, run, fingerprint)
                 last_saved = step
             if stopping:
-                writer.message(f"[bard_jax.train] {stop.signal_name}: saved step {step}, exiting; re-run to resume")
-                return 0
+                writer.message(f"[bard_jax.train] {stop.signal_name}: saved step {step}, exiting with status "
+                               f"{cli.EXIT_STOPPED} (not finished, no export); re-run to resume")
+                return cli.EXIT_STOPPED
     finally:
         stop.restore()
         writer.close()
@@ -179,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     # --- export
     setup.export(cfg, model_config, state.params, run)
     ckpt.close()
-    return 0
+    return cli.EXIT_OK
 
 
 def check_batch_fits_mesh(cfg: TrainConfig, mesh) -> None:
@@ -256,4 +276,4 @@ def device_batch(host_batch: dict[str, np.ndarray], accum: int, mesh) -> tuple[d
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m bard_jax.train"))

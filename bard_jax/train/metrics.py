@@ -1,6 +1,8 @@
 """Metrics sinks: the console (a progress bar), `WORKDIR/metrics.jsonl` and TensorBoard event files.
 
-Only process 0 writes. Each logged step is one JSON object with at least `step` and `loss`.
+Only process 0 writes. Each logged step is one JSON object with at least `step` and `loss`. A run that resumes
+from step N first drops the rows past N (logged after the checkpoint it resumes from, and about to be logged
+again), so the file holds each step once and in order.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ class MetricsWriter:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        keep_rows_up_to(path, start_step)
+        self._jsonl = open(path, "a")
         try:
             from tensorboardX import SummaryWriter
 
@@ -71,3 +75,26 @@ class MetricsWriter:
             self._tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def keep_rows_up_to(path: str, step: int) -> None:
+    """Rewrite `path` without the rows whose step is past `step` (and without a torn last line, the trace of a
+    killed run), atomically: a temporary file renamed over the old one. A file with nothing to drop is left as is."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept == lines:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
