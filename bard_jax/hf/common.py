@@ -1,4 +1,4 @@
-"""Shared pieces of checkpoint I/O: the error type, dtypes, atomic output directories, side files, progress."""
+"""Shared pieces of checkpoint I/O: the error type, dtypes, side files, progress (output directories: dirs.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import glob
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,8 @@ SIDE_FILES = (
     "chat_template*", "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
     "generation_config.json", "task.json",
 )
+# The file that makes a directory a bard_jax (converted) one; it holds our config and the original config.json.
+CONVERTED_MARKER = "bard_jax_config.json"
 PROGRESS_MIN_BYTES = 256 * 2**20
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -83,31 +84,6 @@ def _glibc() -> Any:
 
 
 _LIBC = _glibc()
-
-
-# ------------------------------------------------------------------------------------------------ output dirs
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | os.PathLike) -> Iterator[str]:
-    """Yield a temp dir next to `out_dir`; on success it replaces `out_dir`, on any failure it is removed.
-
-    Nothing half-written ever sits at `out_dir`: the final rename is the last step.
-    """
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    parent, base = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.partial-", dir=parent)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(out_dir):  # move the previous version aside, then swap, then delete it
-        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-        os.replace(out_dir, os.path.join(old, base))
-    os.replace(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_side_files(src: str | os.PathLike | None, dst: str) -> list[str]:

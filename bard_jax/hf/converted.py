@@ -27,8 +27,8 @@ import numpy as np
 
 from bard_jax.config import ConfigError, ModelConfig
 from bard_jax.hf.common import (
+    CONVERTED_MARKER,
     CheckpointError,
-    atomic_dir,
     check_tree,
     copy_side_files,
     problems_error,
@@ -36,10 +36,10 @@ from bard_jax.hf.common import (
     release_memory,
     resolve_dtype,
 )
+from bard_jax.hf.dirs import atomic_dir, check_output_dir, check_weights_dir
 from bard_jax.hf.load import HFCheckpoint, ShardingFn, assemble, check_checkpoint, place, read_hf_config
 from bard_jax.hf.table import Entry, get_path, name_table, set_path
 
-CONVERTED_MARKER = "bard_jax_config.json"
 FORMAT_VERSION = 2
 PART_BYTES = 256 * 2**20
 CHUNK_BYTES = 64 * 2**20
@@ -105,7 +105,7 @@ def save_converted(
     out_dir: str | os.PathLike,
     side_files_from: str | os.PathLike | None = None,
 ) -> str:
-    """Write our format to `out_dir` (atomically); returns its path.
+    """Write our format to `out_dir` (atomically, replacing whatever is there: the training export); returns its path.
 
     Written by the calling process alone (in a multi-process run: one process, holding the whole tree).
     params: our tree (jax or numpy arrays, any sharding). raw_hf_config: the original config.json dict (None: a
@@ -133,13 +133,19 @@ def save_converted(
     return os.fspath(out_dir)
 
 
-def convert_hf(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: Any = None) -> str:
+def convert_hf(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: Any = None, *, overwrite: bool = False
+               ) -> str:
     """HF directory -> our format, streaming: holds at most one part (<= 256 MB, or one larger parameter) at a time.
 
     dtype: "float32" / "bfloat16" / "float16", or None / "keep" for each tensor's stored dtype. Tokenizer and
     processor files are copied along. Raises CheckpointError / ConfigError before anything is written.
+    `out_dir` must be missing, empty, or (with `overwrite`) an earlier output of this conversion; it must not be,
+    contain or lie inside `src` (`check_output_dir`: this is convert/hf_to_jax.py's guard; `save_converted`, the
+    training export, replaces its destination unchecked).
     """
     src = os.fspath(src)
+    check_weights_dir(src)
+    check_output_dir(src, out_dir, overwrite=overwrite, kind="bard_jax")
     config, raw = read_hf_config(src)
     target = resolve_dtype(dtype)
     with HFCheckpoint(src) as ckpt:

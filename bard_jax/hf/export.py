@@ -23,7 +23,6 @@ import numpy as np
 from bard_jax.config import ModelConfig
 from bard_jax.hf.common import (
     CheckpointError,
-    atomic_dir,
     check_tree,
     copy_side_files,
     parse_size,
@@ -31,6 +30,7 @@ from bard_jax.hf.common import (
     progress,
     release_memory,
 )
+from bard_jax.hf.dirs import atomic_dir
 from bard_jax.hf.table import Entry, flatten, get_path, hf_tensor_order, name_table
 from bard_jax.safetensors_io import NAMES as SAFETENSORS_DTYPES
 
@@ -51,7 +51,8 @@ def export_hf(
     params: our tree (jax or numpy arrays; each tensor keeps its dtype). raw_hf_config: the original config.json
     dict (keeps its dialect, model_type and unknown keys; None writes a fresh 5.x config). max_shard_bytes: e.g.
     "5GB", "500MB" or an int. side_files_from: a directory whose tokenizer / processor files are copied along.
-    The directory is written under a temporary name and renamed at the end.
+    The directory is written under a temporary name and renamed at the end; whatever was at `out_dir` is replaced
+    (the training export relies on it; convert/jax_to_hf.py calls `check_output_dir` first).
     """
     table = name_table(config)
     problems = check_tree(params, table)

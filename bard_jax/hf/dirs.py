@@ -1,0 +1,235 @@
+"""Directories that checkpoint I/O reads and writes: what counts as a weights directory, which destinations a
+conversion may replace, and the atomic write (temp dir + rename) with the clean-up of killed writes.
+
+    check_weights_dir(path)                              # CheckpointError unless HF or bard_jax weights live there
+    check_output_dir(src, dst, overwrite=..., kind="bard_jax" | "hf")   # the command lines' destination guard
+    with atomic_dir(dst) as tmp: ...                     # write into tmp; replaces dst at the end
+
+`atomic_dir` replaces whatever is at `dst` (the training export relies on it to replace its own earlier export);
+the two convert commands call `check_output_dir` first, which allows only an empty or missing destination, or,
+with overwrite, an earlier output of the same conversion, recognised by its contents (no marker file is added to
+an HF directory). Temporary folders are named `.{name}.partial-{pid}@{host}-{random}` (and `.old-` for the
+previous version during the swap) next to the destination, so that a later run can tell a killed writer's
+leftovers (its pid no longer exists on this host) from a live one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+
+from bard_jax.errors import InputError
+from bard_jax.hf.common import CONVERTED_MARKER, SIDE_FILES, CheckpointError
+
+HF_CONFIG = "config.json"
+# Top-level entries of each conversion's output besides SIDE_FILES: (name or regex, is a directory).
+_LAYOUTS = {
+    "bard_jax": (CONVERTED_MARKER, "convert/hf_to_jax.py (a bard_jax directory)",
+                 ((re.escape(CONVERTED_MARKER), False), ("params", True))),
+    "hf": (HF_CONFIG, "convert/jax_to_hf.py (an HF export)",
+           ((re.escape(HF_CONFIG), False), (r"model\.safetensors", False), (r"model\.safetensors\.index\.json", False),
+            (r"model-\d{5}-of-\d{5}\.safetensors", False))),
+}
+_TEMP_KINDS = ("partial", "old")
+_LISTED = 6  # names shown when describing an unrelated directory
+
+
+# ------------------------------------------------------------------------------------------------ weights dirs
+def check_weights_dir(path: str | os.PathLike) -> None:
+    """Raise CheckpointError (one line) unless `path` is a directory with config.json or bard_jax_config.json.
+
+    A training workdir (checkpoints/, metrics.jsonl, export/) is the usual mix-up: the message names the
+    directory to pass instead (its export/), or says that the run has not exported yet.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise CheckpointError(f"checkpoint directory not found: {p}")
+    if not os.path.isdir(p):
+        raise CheckpointError(f"{p}: not a directory (pass the checkpoint directory, not a file in it)")
+    if os.path.isfile(os.path.join(p, HF_CONFIG)) or os.path.isfile(os.path.join(p, CONVERTED_MARKER)):
+        return
+    export = os.path.join(p, "export")
+    if os.path.isfile(os.path.join(export, CONVERTED_MARKER)):
+        raise CheckpointError(f"{p} is a training workdir, not a weights directory: pass {export} "
+                              "(written when training finishes)")
+    if os.path.isdir(os.path.join(p, "checkpoints")) or os.path.isfile(os.path.join(p, "metrics.jsonl")):
+        raise CheckpointError(f"{p} is a training workdir whose run has not exported yet (no {export}): its "
+                              f"training checkpoints are in {os.path.join(p, 'checkpoints')}; re-running the "
+                              f"training command resumes the run and writes {export} when it finishes")
+    raise CheckpointError(f"{p}: not a weights directory (neither {HF_CONFIG} of an HF checkpoint nor "
+                          f"{CONVERTED_MARKER} of a bard_jax directory)")
+
+
+# ------------------------------------------------------------------------------------------------ destinations
+def _is_within(inner: str, outer: str) -> bool:
+    return os.path.commonpath([inner, outer]) == outer
+
+
+def _describe(path: str, names: list[str]) -> str:
+    shown = [n + "/" if os.path.isdir(os.path.join(path, n)) else n for n in sorted(names)[:_LISTED]]
+    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(shown) + more
+
+
+def _foreign_entries(path: str, names: list[str], kind: str) -> list[str]:
+    """Entries of `path` that the conversion `kind` does not write."""
+    layout = _LAYOUTS[kind][2]
+    foreign = []
+    for name in names:
+        full = os.path.join(path, name)
+        ours = any(re.fullmatch(pattern, name) and os.path.isdir(full) == is_dir and not os.path.islink(full)
+                   for pattern, is_dir in layout)
+        side = os.path.isfile(full) and not os.path.islink(full) and not name.endswith(".safetensors") and any(
+            fnmatch.fnmatchcase(name, pattern) for pattern in SIDE_FILES)
+        if not (ours or side):
+            foreign.append(name)
+    return foreign
+
+
+def check_output_dir(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool, kind: str) -> None:
+    """Raise CheckpointError unless writing the `kind` conversion of `src` to `dst` loses nothing.
+
+    kind: "bard_jax" (HF -> our format, convert/hf_to_jax.py) or "hf" (ours -> HF, convert/jax_to_hf.py).
+    Allowed: a missing or empty `dst`, or, with `overwrite`, an earlier output of the same conversion (it holds
+    the marker file of `kind` and nothing that conversion does not write). Refused always: `dst` a file, `dst`
+    equal to, inside, or containing `src` (real paths: symlinks and '..' resolved), any other non-empty directory.
+    Leftovers of a killed earlier write to `dst` are cleaned up (see `clean_stale_temp_dirs`) before looking.
+    """
+    if kind not in _LAYOUTS:
+        raise InputError(f"unknown output kind {kind!r}; expected one of {sorted(_LAYOUTS)}")
+    marker, what, _ = _LAYOUTS[kind]
+    src, dst = os.fspath(src), os.fspath(dst)
+    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
+    if real_dst == real_src:
+        raise CheckpointError(f"{dst} is the source directory {src}: writing there would replace the source; "
+                              "choose another output directory")
+    if _is_within(real_src, real_dst):
+        raise CheckpointError(f"{dst} contains the source directory {src}: writing there would delete the source; "
+                              "choose an output directory outside it")
+    if _is_within(real_dst, real_src):
+        raise CheckpointError(f"{dst} lies inside the source directory {src}; choose an output directory outside it")
+    clean_stale_temp_dirs(dst)
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise CheckpointError(f"{dst} exists and is not a directory; choose a directory path for the output")
+    names = os.listdir(dst) if os.path.isdir(dst) else []
+    if not names:
+        return
+    foreign = _foreign_entries(dst, names, kind)
+    if foreign or marker not in names:
+        reason = f"files it does not write: {_describe(dst, foreign)}" if foreign else f"no {marker}"
+        raise CheckpointError(f"{dst} is not empty and not an earlier output of {what} (it holds "
+                              f"{_describe(dst, names)}; {reason}); it is left untouched, even with --overwrite: "
+                              "choose a new or empty directory, or remove it yourself")
+    if not overwrite:
+        raise CheckpointError(f"{dst} holds an earlier output of {what}; pass --overwrite (overwrite=True from "
+                              "Python) to replace it, or choose another directory")
+
+
+# ------------------------------------------------------------------------------------------------ atomic writes
+def _host() -> str:
+    """This host's name as it appears in temp folder names (no '-' or '@'; short enough for a file name)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:32] or "localhost"
+
+
+def _temp_pattern(base: str) -> re.Pattern[str]:
+    """`.{base}.{partial|old}-{pid}@{host}-{8 hex}`: the names `_make_temp_dir` gives."""
+    return re.compile(rf"\.{re.escape(base)}\.({'|'.join(_TEMP_KINDS)})-(\d+)@(.+)-[0-9a-f]{{8}}")
+
+
+def _make_temp_dir(parent: str, base: str, what: str) -> str:
+    """A new directory `.{base}.{what}-{pid}@{host}-{random}` in `parent`, with the mode `os.makedirs` gives (0o777
+    less the umask): unlike tempfile.mkdtemp's 0700 it becomes the output as it is."""
+    while True:
+        path = os.path.join(parent, f".{base}.{what}-{os.getpid()}@{_host()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OverflowError:  # not a pid this system can have
+        return False
+    return True
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:  # removed meanwhile by another run's clean-up
+        return 0.0
+
+
+def clean_stale_temp_dirs(out_dir: str | os.PathLike) -> list[str]:
+    """Remove the temporary folders that killed writers of `out_dir` left next to it; returns what it did.
+
+    A folder is stale when its writer's pid (in its name) no longer exists on this host; folders of live writers,
+    of other hosts and of other names are left alone. A stale `.old-` folder holds the previous `out_dir` moved
+    aside for the final swap: if `out_dir` is missing (the writer died between the two renames) it is moved back,
+    otherwise it is removed. Stale `.partial-` folders are removed (never complete-looking: the rename is last).
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    parent, base = os.path.split(out_dir)
+    if not os.path.isdir(parent):
+        return []
+    pattern, host = _temp_pattern(base), _host()
+    stale: dict[str, list[str]] = {k: [] for k in _TEMP_KINDS}
+    for name in os.listdir(parent):
+        m = pattern.fullmatch(name)
+        if m and m.group(3) == host and not _pid_alive(int(m.group(2))):
+            stale[m.group(1)].append(os.path.join(parent, name))
+    done = []
+    # Newest first: if several runs died mid-swap, the most recent previous version is the one to bring back.
+    for old in sorted(stale["old"], key=_mtime, reverse=True):
+        previous = os.path.join(old, base)
+        if not os.path.lexists(out_dir) and os.path.lexists(previous):
+            os.replace(previous, out_dir)  # if this fails the error propagates and the old folder is kept
+            done.append(f"restored {out_dir} from {old}")
+        shutil.rmtree(old, ignore_errors=True)
+        done.append(f"removed {old}")
+    for tmp in stale["partial"]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed {tmp}")
+    return done
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[str]:
+    """Yield a temp dir next to `out_dir`; on success it replaces `out_dir`, on any failure it is removed.
+
+    Nothing half-written ever sits at `out_dir`: the final rename is the last step. Whatever is at `out_dir` is
+    replaced (callers that must not replace unrelated data check first: `check_output_dir`). Leftovers of killed
+    earlier writes to `out_dir` are cleaned up first (`clean_stale_temp_dirs`).
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    parent, base = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    clean_stale_temp_dirs(out_dir)
+    tmp = _make_temp_dir(parent, base, "partial")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.lexists(out_dir):  # move the previous version aside, then swap, then delete it
+        old = _make_temp_dir(parent, base, "old")
+        os.replace(out_dir, os.path.join(old, base))
+    os.replace(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
