@@ -102,6 +102,13 @@ class ModelConfig:
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The network's settings as plain data (what our converted format stores); `tie_source`, a note for error
+        messages, is left out like it is left out of equality."""
+        d = dataclasses.asdict(self)
+        d.pop("tie_source")
+        return d
+
     # ------------------------------------------------------------------ HF dict <-> ModelConfig
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:

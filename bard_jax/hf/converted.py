@@ -15,7 +15,6 @@ Written under a temporary name and renamed at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -90,7 +89,7 @@ def _write_meta(out: str, config: ModelConfig, raw: dict[str, Any] | None, dtype
     meta = {
         "format": "bard_jax",
         "version": FORMAT_VERSION,
-        "config": dataclasses.asdict(config),
+        "config": config.to_dict(),
         "hf_config": config.to_hf_dict(base=raw),
         "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
     }
@@ -185,7 +184,7 @@ def read_converted_config(path: str | os.PathLike) -> tuple[ModelConfig, dict[st
         raise CheckpointError(f"{marker}: format version {meta['version']} is newer than this code ({FORMAT_VERSION})")
     raw = meta["hf_config"]
     config = ModelConfig.from_hf_dict(raw, source=f"{marker} (hf_config)")
-    if "config" in meta and meta["config"] != json.loads(json.dumps(dataclasses.asdict(config))):
+    if "config" in meta and meta["config"] != json.loads(json.dumps(config.to_dict())):
         raise ConfigError(f"{marker}: 'config' and 'hf_config' describe different models (was the file edited?)")
     return config, raw
 
