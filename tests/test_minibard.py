@@ -109,11 +109,8 @@ def test_a_workdir_holds_one_seed(tmp_path):
 
 
 def test_paired_sign_test_p_values():
-    import importlib.util
+    from bard_jax.minibard import paired
 
-    spec = importlib.util.spec_from_file_location("paired", os.path.join(REPO, "benchmarks", "paired_exact_match.py"))
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
     assert paired.sign_test_p(0, 5) == pytest.approx(2 / 32)  # five of five discordant one way: 2 * 0.5^5
     assert paired.sign_test_p(9, 1) == pytest.approx(2 * 11 / 1024)  # 2 * (C(10,0) + C(10,1)) / 2^10
     assert paired.sign_test_p(3, 3) == 1.0 and paired.sign_test_p(0, 0) == 1.0

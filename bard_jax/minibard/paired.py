@@ -6,7 +6,7 @@ each such discordant question is a fair coin, which gives an exact two-sided sig
 model is decoded at the reference setting (the AR source with KV-cached greedy decoding, a diffusion model
 dynamically at threshold 0.9 with block size from its stage name).
 
-  python benchmarks/paired_exact_match.py --workdir runs/minibard [--pairs ar:pbm_b4 pbm_b32:swd_b32 ...]
+  python -m bard_jax.minibard.paired --workdir runs/minibard [--pairs ar:pbm_b4 pbm_b32:swd_b32 ...]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def decoder(stage: stages.Stage, model: bj.Model, ev: evaluate.EvalSet, threshol
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bard_jax.minibard.paired", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="runs/minibard", help="a Mini-BARD workdir (its stages and data/)")
     p.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), help="A:B stage names")
     p.add_argument("--threshold", type=float, default=REFERENCE["threshold"])
@@ -74,4 +74,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bard_jax import cli
+
+    raise SystemExit(cli.run(main, prog="python -m bard_jax.minibard.paired"))
