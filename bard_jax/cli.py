@@ -3,8 +3,9 @@
     sys.exit(cli.run(main, prog="python -m bard_jax.train"))
 
 `run` calls `main(argv)` and turns an error of ours (`BardError`, or an `OSError` such as an unwritable output
-directory) into one line on stderr and exit status 1 (or the error's `exit_status`), without a traceback. `--debug` anywhere on the command line,
-or `BARD_JAX_DEBUG=1` in the environment, lets the traceback through. Anything else is a bug and is not caught.
+directory) into one line on stderr and exit status 1 (or the error's `exit_status`), without a traceback.
+`--debug` anywhere on the command line, or `BARD_JAX_DEBUG=1` in the environment, lets the traceback through.
+Anything else is a bug and is not caught.
 """
 
 from __future__ import annotations

@@ -185,3 +185,59 @@ def test_a_checkpoint_of_another_recipe_is_refused_not_skipped(tmp_path):
 def test_keep_below_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
         Checkpointer(str(tmp_path / "c"), keep=0)
+
+
+# ------------------------------------------------------------------------------------------------ data that is unusable
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    from bard_jax.data import synthetic
+
+    return synthetic.generate(str(tmp_path_factory.mktemp("data") / "syn"), 40, 0, 4)
+
+
+def unusable_data_argv(workdir, data, *overrides) -> list[str]:
+    """The demo recipe on the synthetic set with a wrong image root: every sample's image is missing."""
+    return train_argv(workdir, f"--recipe.data.train_jsonl={data}/train.jsonl", f"--recipe.data.processor={data}/"
+                      "tokenizer", "--recipe.data.image_root=/nonexistent", "--recipe.data.length_buckets=256",
+                      "--recipe.data.response_buckets=64", *overrides)
+
+
+def test_no_usable_sample_stops_within_one_pass_with_the_reason(tmp_path, synthetic_data):
+    r = run_cli(*unusable_data_argv(tmp_path / "run", synthetic_data))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    error = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "no usable training sample: all 40 records fail (unreadable image: 40)" in error[0]
+    assert "Hint: check data.image_root" in error[0]
+    assert len(r.stderr.splitlines()) < 20  # the first skip and a summary, not a line per skipped sample
+
+
+def test_a_stop_request_ends_a_run_waiting_for_usable_samples(tmp_path, synthetic_data, monkeypatch):
+    """SIGTERM while the stream is still searching for a usable sample (each attempt slow, none usable): the run
+    exits with the stopped status promptly instead of searching on (before, it ignored the signal for good)."""
+    import threading
+    import time
+
+    from bard_jax.data.pipeline import TrainStream
+    from bard_jax.train import signals
+
+    real_attempt = TrainStream.attempt
+
+    def slow_attempt(self, record_index, position):
+        time.sleep(0.05)  # 40 records x 50 ms: a pass takes 2 s, and every one fails
+        return real_attempt(self, record_index, position)
+
+    class SignalledSoon(signals.StopFlag):
+        def install(self):  # no real signal in the test process: the handler's effect, one second in
+            def fire():
+                self.signal_name = "SIGTERM"
+                self.request()
+
+            threading.Timer(1.0, fire).start()
+            return self
+
+    monkeypatch.setattr(TrainStream, "attempt", slow_attempt)
+    monkeypatch.setattr(loop, "StopFlag", SignalledSoon)
+    t0 = time.time()
+    assert loop.main(unusable_data_argv(tmp_path / "run", synthetic_data, "--recipe.steps=3")) == 75
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "run" / "export").exists()

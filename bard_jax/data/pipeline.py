@@ -8,9 +8,12 @@ is each example's global index (`example_index`), which keys its corruption, so 
 after a resume; the iterator state is just the next batch number (plus the skip counters).
 
 Samples that cannot be used (unreadable image, no assistant turn, empty response, unknown content type, too long
-for the largest bucket, malformed JSON) are skipped with a counted, logged reason, or raise in strict mode; a
-skipped example is replaced by the next stream position after the batch's own range, so batches stay full and
-deterministic.
+for the largest bucket, malformed JSON) are skipped with a counted reason, or raise in strict mode; a skipped
+example is replaced by the next stream position after the batch's own range, so batches stay full and
+deterministic. The log gets the first skip of each reason (where and why) and then a summary of the counts at most
+every `SKIP_SUMMARY_SECONDS`. When nothing is usable (every record fails since the last usable one, e.g. a wrong
+image root) `next_batch()` raises a `DataError` that says why instead of searching forever. A `stop_event` that
+is set makes a `next_batch()` in progress raise `StopRequested`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import re
+import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -31,6 +38,17 @@ from bard_jax.data.processor import DataError, Processor
 from bard_jax.diffusion.layout import LayoutError, collate_packed, drop_noisy_copy, pack_sample
 
 log = logging.getLogger(__name__)
+
+# After the first skip of each reason (logged with its example), the counts are logged at most this often. A time
+# interval, not a count: it bounds the log to one line a minute however fast samples are skipped (a count-based
+# interval floods when every sample fails and stays silent for hours when one in a million does).
+SKIP_SUMMARY_SECONDS = 60.0
+
+
+class StopRequested(Exception):
+    """`next_batch()` gave up waiting for data because the stop event was set (the run is asked to end).
+
+    Control flow, not an error: deliberately not a `BardError` (the training loop catches it, saves and exits)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +68,7 @@ class PipelineConfig:
 
 
 def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections.Counter]:
+    """(records, skip counts); a malformed line is skipped and counted (the first one logged), or raises if strict."""
     records, skipped = [], collections.Counter()
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -62,14 +81,42 @@ def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections
             except ValueError as e:
                 if strict:
                     raise DataError(f"{path}:{lineno}: malformed sample ({e})") from e
+                if not skipped["malformed json"]:
+                    log.warning("%s:%d: skipped malformed sample (%s); further malformed lines are counted, not "
+                                "logged one by one", path, lineno, e)
                 skipped["malformed json"] += 1
-                log.warning("%s:%d: skipped malformed sample (%s)", path, lineno, e)
                 continue
             rec["_where"] = f"{path}:{lineno}"
             records.append(rec)
+    if skipped["malformed json"] > 1:
+        log.warning("%s: skipped %d malformed lines in all", path, skipped["malformed json"])
     return records, skipped
 
 
+def skip_reason(message: str) -> str:
+    """The counted reason of a skip message: its text before any parenthesis, numbers replaced by N, so that the
+    reasons form a small fixed set (one counter and one first example per kind of problem, not per length)."""
+    if "cannot be read" in message:
+        return "unreadable image"
+    return re.sub(r"\d+", "N", message.split(" (")[0])
+
+
+def _hint(reason: str, image_root: str) -> str:
+    if reason == "unreadable image":
+        return (f"check data.image_root: image paths in the JSONL are read relative to it (now {image_root!r}), "
+                f"and the images must exist there")
+    if "bucket" in reason:
+        return "the samples are longer than the largest bucket: raise data.length_buckets / data.response_buckets"
+    if "static limits" in reason:
+        return "the images exceed the static limits: raise data.max_images / data.patch_buckets or lower max_pixels"
+    if "assistant" in reason or "empty response" in reason:
+        return "every training sample needs a last assistant turn with a non-empty response"
+    if "content type" in reason or "video" in reason:
+        return "training samples may hold text and image content parts only"
+    return "see the first failing record"
+
+
+# ---------------------------------------------------------------------------------------------- worker processes
 _WORKER_STREAM: TrainStream | None = None
 
 
@@ -79,10 +126,9 @@ def _worker_init(records, processor_dir, min_pixels, max_pixels, cfg, image_root
     _WORKER_STREAM = TrainStream(records, proc, dataclasses.replace(cfg, workers=0), image_root)
 
 
-def _worker_example(position: int) -> tuple[dict | None, dict]:
-    """(packed sample or None, skip counts it added) for one stream position, in a worker process."""
-    _WORKER_STREAM.skipped.clear()
-    return _WORKER_STREAM.example(position), dict(_WORKER_STREAM.skipped)
+def _worker_attempt(job: tuple[int, int]) -> tuple[dict | None, str | None]:
+    """`TrainStream.attempt` of (record index, position) in a worker process (skips are noted by the caller)."""
+    return _WORKER_STREAM.attempt(*job)
 
 
 class TrainStream:
@@ -90,22 +136,40 @@ class TrainStream:
 
     With `cfg.workers > 0` examples are decoded and packed in spawned worker processes (the processor is reloaded
     there from `processor_dir`); the result does not depend on the number of workers. An exception in a worker is
-    re-raised in the main process.
+    re-raised in the main process. Skips are counted and logged here, in the calling process.
+
+    `stop_event` (the training loop's, set on SIGTERM): once set, `next_batch()` raises `StopRequested` instead of
+    going on (it checks between examples, so within about one example's time); the stream's state stays that of
+    the last finished batch.
     """
 
     def __init__(self, records: list[dict], processor: Processor, cfg: PipelineConfig, image_root: str = "",
-                 skipped: collections.Counter | None = None, processor_dir: str | None = None):
+                 skipped: collections.Counter | None = None, processor_dir: str | None = None,
+                 stop_event: threading.Event | None = None):
         if not records:
-            raise DataError("the dataset has no usable samples")
+            counts = f" ({_counts(skipped)})" if skipped else ""
+            raise DataError(f"the dataset has no usable samples{counts}")
         if cfg.global_batch_size % cfg.shard_count:
             raise DataError(f"global batch {cfg.global_batch_size} not divisible by {cfg.shard_count} hosts")
         self.records = records
         self.proc = processor
         self.cfg = cfg
         self.root = image_root
+        self.stop_event = stop_event
+        self._interrupted = threading.Event()  # set by interrupt(): a closing Prefetcher ends a hunt in progress
         self.order = grain.MapDataset.range(len(records)).shuffle(seed=cfg.seed).repeat()
         self.batch_number = 0
         self.skipped = collections.Counter(skipped or {})
+        self._logged_reasons: set[str] = set()
+        self._last_summary = time.monotonic()
+        self._unsummarised = 0
+        # The skips since the last usable sample: consecutive stream positions, and which records (the entries of
+        # `_tried` equal to `_run`; a new run is a new number, so forgetting is O(1)) with their reasons.
+        self._consecutive = 0
+        self._run = 1
+        self._tried: np.ndarray | None = None
+        self._run_reasons: collections.Counter = collections.Counter()
+        self._run_first: tuple[str, str] | None = None
         tok = processor.tokenizer
         self.pad_id = processor.im_end_id
         self.image_token_id = processor.image_pad_id
@@ -126,20 +190,30 @@ class TrainStream:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def _examples(self, positions: list[int]) -> list[dict | None]:
+    def interrupt(self) -> None:
+        """Make a `next_batch()` running on another thread raise `StopRequested` soon (for a closing Prefetcher);
+        the stream is not used afterwards."""
+        self._interrupted.set()
+
+    def _check_stop(self) -> None:
+        if self._interrupted.is_set() or (self.stop_event is not None and self.stop_event.is_set()):
+            raise StopRequested("stop requested while preparing a training batch")
+
+    def _attempts(self, jobs: list[tuple[int, int]]) -> list[tuple[dict | None, str | None]]:
+        """`attempt` of each (record index, position), in order, in this process or the workers."""
         if self._pool is None:
-            return [self.example(p) for p in positions]
-        out = []
+            out = []
+            for job in jobs:
+                self._check_stop()
+                out.append(self.attempt(*job))
+            return out
+        self._check_stop()
         try:
-            for sample, skipped in self._pool.map(_worker_example, positions,
-                                                  chunksize=max(1, len(positions) // 8)):
-                self.skipped.update(skipped)
-                out.append(sample)
+            return list(self._pool.map(_worker_attempt, jobs, chunksize=max(1, len(jobs) // 8)))
         except concurrent.futures.process.BrokenProcessPool as e:
             # A worker that died (or whose start-up failed: its traceback is in the log) must not hang the run.
             self.close()
             raise DataError(f"a data worker process died ({e}); see its traceback above") from e
-        return out
 
     # ------------------------------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -150,9 +224,10 @@ class TrainStream:
         self.skipped = collections.Counter(state.get("skipped", {}))
 
     # ------------------------------------------------------------------------------------------ examples
-    def example(self, position: int) -> dict[str, Any] | None:
-        """The packed sample at a stream position, or None (skipped, reason counted)."""
-        rec = self.records[self.order[position]]
+    def attempt(self, record_index: int, position: int) -> tuple[dict[str, Any] | None, str | None]:
+        """(packed sample, None) for a record at a stream position, or (None, why it cannot be used); raises a
+        DataError naming the record in strict mode. Counts and logs nothing (see `example`)."""
+        rec = self.records[record_index]
         try:
             enc = self.proc.encode_training_sample(rec["messages"], image_root=self.root)
             grid = enc.get("image_grid_thw", np.zeros((0, 3), np.int64))
@@ -176,29 +251,114 @@ class TrainStream:
         except (DataError, LayoutError) as e:
             if self.cfg.strict:
                 raise DataError(f"{rec.get('_where', '?')}: {e}") from e
-            reason = str(e).split(" (")[0] if "cannot be read" not in str(e) else "unreadable image"
-            self.skipped[reason] += 1
-            log.warning("%s: skipped (%s)", rec.get("_where", "?"), e)
-            return None
+            return None, str(e)
         sample["pixels"] = pixels
         sample["grid"] = grid
         sample["example_index"] = position
-        return sample
+        return sample, None
+
+    def example(self, position: int) -> dict[str, Any] | None:
+        """The packed sample at a stream position, or None (skipped: reason counted and logged)."""
+        record_index = self.order[position]
+        sample, problem = self.attempt(record_index, position)
+        return self._take(record_index, sample, problem)
+
+    def _take(self, record_index: int, sample: dict | None, problem: str | None) -> dict | None:
+        """Book one examined stream position: a usable sample ends the run of skips; a skip is counted, logged
+        without flooding, and after a whole pass of them, checked for a dataset with nothing usable."""
+        if sample is not None:
+            if self._consecutive:
+                self._consecutive = 0
+                self._run += 1
+                self._run_reasons.clear()
+                self._run_first = None
+            return sample
+        where = self.records[record_index].get("_where", "?")
+        reason = skip_reason(problem)
+        self.skipped[reason] += 1
+        self._log_skip(reason, where, problem)
+        if self._tried is None:
+            self._tried = np.zeros(len(self.records), np.int64)
+        if self._run_first is None:
+            self._run_first = (where, problem)
+        self._consecutive += 1
+        if self._tried[record_index] != self._run:
+            self._tried[record_index] = self._run
+            self._run_reasons[reason] += 1
+        if self._consecutive >= len(self.records):
+            self._check_anything_usable()
+        return None
+
+    def _log_skip(self, reason: str, where: str, problem: str) -> None:
+        self._unsummarised += 1
+        if reason not in self._logged_reasons:
+            self._logged_reasons.add(reason)
+            log.warning("%s: skipped (%s); further samples skipped for this reason are counted, and the counts "
+                        "logged at most every %.0f s", where, problem, SKIP_SUMMARY_SECONDS)
+            return
+        now = time.monotonic()
+        if now - self._last_summary >= SKIP_SUMMARY_SECONDS:
+            log.warning("skipped %d samples in the last %.0f s; all skips so far: %s", self._unsummarised,
+                        now - self._last_summary, _counts(self.skipped))
+            self._last_summary, self._unsummarised = now, 0
+
+    def _check_anything_usable(self) -> None:
+        """After as many skipped positions in a row as there are records: try each record not yet tried since the
+        last usable sample (stream positions do not visit every record in a window of that length, since every
+        epoch has its own order and replacements come from elsewhere in the stream). One usable record means the
+        data is fine and the skips were chance; none means every record fails, and the run cannot go on."""
+        untried = np.flatnonzero(self._tried != self._run)
+        chunk = max(1, 4 * self.cfg.workers)
+        for i in range(0, len(untried), chunk):
+            jobs = [(int(r), -1) for r in untried[i:i + chunk]]
+            for (r, _), (sample, problem) in zip(jobs, self._attempts(jobs)):
+                if sample is not None:  # a new run: checked again only after another pass of skips
+                    self._consecutive = 0
+                    self._run += 1
+                    self._run_reasons.clear()
+                    self._run_first = None
+                    return
+                self._tried[r] = self._run
+                self._run_reasons[skip_reason(problem)] += 1
+        reason = self._run_reasons.most_common(1)[0][0]
+        where, problem = self._run_first
+        raise DataError(
+            f"no usable training sample: all {len(self.records)} records fail ({_counts(self._run_reasons)}) "
+            f"after {self._consecutive} skipped stream positions in a row; first: {where}: {problem}. "
+            f"Hint: {_hint(reason, self.root)}"
+        )
 
     def next_batch(self) -> dict[str, np.ndarray]:
         g = self.cfg.global_batch_size
         local = g // self.cfg.shard_count
         start = self.batch_number * g + self.cfg.shard_index * local
-        samples = self._examples(list(range(start, start + local)))
-        # Replacements for skipped samples come from far beyond any batch's own range, in order.
-        spare = (self.batch_number + 1) * g * 1000 + self.cfg.shard_index * local * 1000
-        for i, s in enumerate(samples):
-            while s is None:
-                spare += 1
-                s = self._examples([spare])[0]
-            samples[i] = s
+        skipped_before = self.skipped.copy()
+        try:
+            samples = self._fill(start, local)
+        except StopRequested:
+            self.skipped = skipped_before  # this batch is redone after a resume: count its skips then
+            raise
         self.batch_number += 1
         return self.collate(samples)
+
+    def _fill(self, start: int, local: int) -> list[dict]:
+        positions = list(range(start, start + local))
+        records = [self.order[p] for p in positions]
+        found = self._attempts(list(zip(records, positions)))
+        samples = [self._take(r, sample, problem) for r, (sample, problem) in zip(records, found)]
+        # Replacements for skipped samples come from far beyond any batch's own range, in order: each usable one
+        # fills the next empty slot. Asking for as many positions as slots are empty examines exactly the positions
+        # a one-by-one search would (at most one usable sample per empty slot among them), in parallel in workers.
+        spare = (self.batch_number + 1) * self.cfg.global_batch_size * 1000 + self.cfg.shard_index * local * 1000
+        empty = [i for i, s in enumerate(samples) if s is None]
+        while empty:
+            positions = list(range(spare + 1, spare + 1 + len(empty)))
+            spare += len(empty)
+            records = [self.order[p] for p in positions]
+            for r, (sample, problem) in zip(records, self._attempts(list(zip(records, positions)))):
+                if self._take(r, sample, problem) is not None:
+                    samples[empty.pop(0)] = sample
+        return samples
 
     def collate(self, samples: list[dict]) -> dict[str, np.ndarray]:
         length = max(len(s["input_ids"]) for s in samples)
@@ -215,3 +375,8 @@ class TrainStream:
             batch["image_grid_thw"][i, : len(s["grid"])] = s["grid"]
         batch["example_index"] = np.asarray([s["example_index"] for s in samples], np.int64)
         return batch
+
+
+def _counts(counter: Mapping[str, int]) -> str:
+    """'reason: count; ...', most frequent first."""
+    return "; ".join(f"{k}: {v}" for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))

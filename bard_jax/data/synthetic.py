@@ -3,7 +3,10 @@
   python -m bard_jax.data.synthetic --out DIR --n N --seed S [--n-eval M]
 
 writes DIR/tokenizer/ (an HF tokenizer + chat template + Qwen3-VL-style preprocessor_config.json + task.json),
-DIR/images/*.png, DIR/train.jsonl and DIR/eval.jsonl (disjoint scenes). The same seed gives the same bytes.
+DIR/images/*.png, DIR/train.jsonl, DIR/eval.jsonl (disjoint scenes) and DIR/settings.json (n, n_eval, seed and the
+format version). The same settings give the same bytes. Everything is written into a temporary folder next to DIR
+and renamed into place when complete, so a killed generation never leaves a DIR that looks usable; `ensure` reuses
+DIR only when its settings match and its files are complete.
 
 A scene is a 2 x 2 or 2 x 3 grid of 32-pixel cells; some cells hold a shape (circle, square, triangle, diamond) in
 one of five colours with a digit drawn on it. Question types:
@@ -21,9 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import secrets
+import shutil
+import socket
+import sys
+import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from bard_jax import cli
+from bard_jax.data.processor import DataError
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
@@ -181,20 +193,190 @@ def write_split(out: str, name: str, n: int, rng: np.random.Generator, start: in
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+# ------------------------------------------------------------------------------------------------ the output folder
+FORMAT_VERSION = 1  # bump when the generator's output changes for the same settings: older folders are regenerated
+SETTINGS_FILE = "settings.json"
+GENERATOR = "bard_jax.data.synthetic"
+LAYOUT = ("tokenizer", "images", "train.jsonl", "eval.jsonl", SETTINGS_FILE)
+IMAGE_NAME = re.compile(r"(train|eval)_\d{6}\.png")
+LEFTOVER_STALE_SECONDS = 3600.0  # a temporary folder untouched this long is a dead generation's, whatever its owner
+
+
+def settings_of(n: int, seed: int, n_eval: int) -> dict:
+    """What settings.json records for these settings (compared when a folder is reused)."""
+    if n < 1:
+        raise DataError(f"synthetic data needs at least 1 training sample (--n, data.synthetic_n), got {n}")
+    if n_eval < 0:
+        raise DataError(f"synthetic data needs >= 0 eval samples (--n-eval, data.synthetic_eval_n), got {n_eval}")
+    if seed < 0:
+        raise DataError(f"the synthetic data seed must be >= 0 (--seed, data.synthetic_seed), got {seed}")
+    return {"generator": GENERATOR, "format": FORMAT_VERSION, "n": n, "n_eval": n_eval, "seed": seed}
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={settings.get(k)}" for k in ("n", "n_eval", "seed", "format"))
+
+
+def read_settings(path: str) -> dict | None:
+    """The settings this generator recorded in `path`, or None (no settings file, or not this generator's)."""
+    try:
+        with open(os.path.join(path, SETTINGS_FILE)) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and found.get("generator") == GENERATOR else None
+
+
+def is_synthetic_output(path: str) -> bool:
+    """Whether `path` may be replaced by a new generation: missing, empty, marked by this generator's settings
+    file, or with exactly the layout this generator writes (an older version's output or an interrupted one)."""
+    if not os.path.lexists(path):
+        return True
+    if not os.path.isdir(path):
+        return False
+    names = set(os.listdir(path))
+    if not names or read_settings(path) is not None:
+        return True
+    if not names <= set(LAYOUT) or not {"tokenizer", "images"} <= names:
+        return False
+    images = os.path.join(path, "images")
+    return os.path.isdir(images) and all(IMAGE_NAME.fullmatch(f) for f in os.listdir(images))
+
+
+def _refuse(path: str) -> DataError:
+    what = "is not a directory" if os.path.lexists(path) and not os.path.isdir(path) else (
+        f"is not synthetic data (no {SETTINGS_FILE} of {GENERATOR}, and not its layout: tokenizer/, images/, "
+        f"train.jsonl, eval.jsonl)")
+    return DataError(f"{path} {what}; refusing to replace it with generated data: choose another output directory "
+                     f"(data.synthetic_dir, --out) or move it away yourself")
+
+
+def why_not_reusable(path: str, n: int, seed: int, n_eval: int) -> str | None:
+    """None when `path` holds complete synthetic data made with these settings, else what is wrong with it."""
+    want = settings_of(n, seed, n_eval)
+    if not os.path.isdir(path):
+        return "does not exist"
+    found = read_settings(path)
+    if found is None:
+        return f"has no {SETTINGS_FILE} (an interrupted generation, or one by an older version)"
+    if {k: found.get(k) for k in want} != want:
+        return f"was made with {_describe(found)}, not the requested {_describe(want)}"
+    problems = []
+    for name, count in (("train.jsonl", n), ("eval.jsonl", n_eval)):
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                lines = sum(1 for _ in f)
+        except OSError:
+            problems.append(f"no {name}")
+            continue
+        if lines != count:
+            problems.append(f"{name} has {lines} samples, not {count}")
+    for name in ("tokenizer.json", "task.json", "preprocessor_config.json"):
+        if not os.path.isfile(os.path.join(path, "tokenizer", name)):
+            problems.append(f"no tokenizer/{name}")
+    images = os.path.join(path, "images")
+    count = len(os.listdir(images)) if os.path.isdir(images) else 0
+    if count != n + n_eval:
+        problems.append(f"{count} images, not {n + n_eval}")
+    return f"is incomplete ({', '.join(problems)})" if problems else None
+
+
+def _temp_name(base: str, kind: str) -> str:
+    return f".{base}.{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _is_dead(path: str, host: str, pid: int) -> bool:
+    """Whether the generation that owns a temporary folder has ended (its process is gone, or nothing in the
+    folder changed for LEFTOVER_STALE_SECONDS: the owner may be on another host, where its pid means nothing)."""
+    if host == socket.gethostname() and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+    newest = os.lstat(path).st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return time.time() - newest > LEFTOVER_STALE_SECONDS
+
+
+def remove_leftovers(out: str) -> list[str]:
+    """Delete the temporary folders next to `out` left by killed generations into `out`; returns their paths."""
+    parent, base = os.path.split(os.path.realpath(out))
+    pattern = re.compile(rf"\.{re.escape(base)}\.(partial|old)-(.+)-(\d+)-[0-9a-f]{{8}}")
+    removed = []
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        m = pattern.fullmatch(name)
+        path = os.path.join(parent, name)
+        if m and os.path.isdir(path) and _is_dead(path, m.group(2), int(m.group(3))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def generate(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    build_tokenizer(os.path.join(out, "tokenizer"))
-    write_split(out, "train", n, np.random.default_rng([seed, 0]), 0)
-    write_split(out, "eval", n_eval, np.random.default_rng([seed, 1]), 0)
+    """Write the task into `out` (replacing an earlier synthetic output there; anything else is refused).
+
+    The files are written into a temporary folder next to `out` and renamed into place when all are complete."""
+    settings = settings_of(n, seed, n_eval)
+    target = os.path.realpath(out)
+    if not is_synthetic_output(target):
+        raise _refuse(out)
+    parent, base = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    remove_leftovers(target)
+    tmp = os.path.join(parent, _temp_name(base, "partial"))
+    os.mkdir(tmp)
+    try:
+        os.mkdir(os.path.join(tmp, "images"))
+        build_tokenizer(os.path.join(tmp, "tokenizer"))
+        write_split(tmp, "train", n, np.random.default_rng([seed, 0]), 0)
+        write_split(tmp, "eval", n_eval, np.random.default_rng([seed, 1]), 0)
+        with open(os.path.join(tmp, SETTINGS_FILE), "w") as f:  # last: its presence says the rest is complete
+            json.dump(settings, f, indent=2, sort_keys=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.lexists(target):
+        # A directory cannot be renamed over a non-empty one: move the old one aside first. If this process dies
+        # in between, `out` is missing (regenerated next time) and the aside folder is a leftover (removed then).
+        old = os.path.join(parent, _temp_name(base, "old"))
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
     return out
 
 
+def ensure(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
+    """`out`, holding complete synthetic data made with these settings: reused when it already does, generated
+    when missing, regenerated (with a note on stderr) when its settings differ or it is incomplete."""
+    settings_of(n, seed, n_eval)
+    remove_leftovers(out)
+    problem = why_not_reusable(out, n, seed, n_eval)
+    if problem is None:
+        return out
+    if os.path.isdir(out) and os.listdir(out):
+        if not is_synthetic_output(os.path.realpath(out)):
+            raise _refuse(out)
+        print(f"synthetic data at {out} {problem}; regenerating", file=sys.stderr, flush=True)
+    return generate(out, n, seed, n_eval)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--n-eval", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(prog="python -m bard_jax.data.synthetic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory (replaced if it holds earlier synthetic data)")
+    p.add_argument("--n", type=int, default=2000, help="training samples (>= 1)")
+    p.add_argument("--n-eval", type=int, default=200, help="held-out samples (>= 0)")
+    p.add_argument("--seed", type=int, default=0, help="the same settings give the same bytes")
+    p.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)
     a = p.parse_args(argv)
     generate(a.out, a.n, a.seed, a.n_eval)
     print(f"wrote {a.n} train and {a.n_eval} eval samples to {a.out}")
@@ -202,4 +384,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main, prog="python -m bard_jax.data.synthetic"))

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bard_jax import cli
+from bard_jax.data.pipeline import StopRequested
 from bard_jax.errors import BardError
 from bard_jax.sharding import make_mesh, param_shardings, replicated
 from bard_jax.train import recipe as recipe_lib
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     # --- data, model config, objective
     if jax.process_index() == 0:
         claim_workdir(cfg.workdir)
-    run = setup.prepare_run(cfg)  # validates paths, teacher compatibility, batch sizes; builds the data stream
+    stop = StopFlag()  # its handlers are installed when the loop starts; the data stream already watches it
+    run = setup.prepare_run(cfg, stop_event=stop.event)  # checks paths and compatibility; builds the data stream
     model_config = run.model_config
     accum = cfg.data.global_batch_size // cfg.data.micro_batch_size
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- loop
     writer = MetricsWriter(cfg.workdir, cfg.steps, start_step)
-    stop = StopFlag().install()
+    stop.install()
     writer.message(
         f"[bard_jax.train] {cfg.name}: objective={cfg.objective.kind} b={cfg.objective.block_size} "
         f"steps {start_step}->{cfg.steps} mesh={dict(mesh.shape)} workdir={cfg.workdir}"
@@ -146,7 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     last_saved = start_step if restored is not None else None
     try:
         while step < cfg.steps:
-            host_batch = run.data.next_batch()
+            try:
+                host_batch = run.data.next_batch()
+            except StopRequested:
+                # Asked to stop while the next batch was still being prepared (e.g. the stream was searching for
+                # usable samples). Save what was trained since the last checkpoint; in a multi-process run the
+                # others may be inside a collective, so the last checkpoint stands instead.
+                if step != last_saved and step > 0 and jax.process_count() == 1:
+                    save(ckpt, step, state, run, fingerprint)
+                    last_saved = step
+                kept = f"saved step {step}" if last_saved == step else f"the last checkpoint is step {last_saved}"
+                writer.message(f"[bard_jax.train] {stop.signal_name or 'stop requested'} while waiting for data: "
+                               f"{kept}, exiting with status {cli.EXIT_STOPPED}; re-run to resume")
+                return cli.EXIT_STOPPED
             batch, batch_shard = device_batch(host_batch, accum, mesh)
             if train_step is None:
                 train_step = jax.jit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -50,10 +51,11 @@ def resolve_weights(path: str) -> str:
 def _synthetic_dir(cfg: TrainConfig) -> str:
     d = cfg.data
     out = d.synthetic_dir or os.path.join(os.path.dirname(cfg.workdir), "data", f"synthetic_s{d.synthetic_seed}")
-    if not os.path.isfile(os.path.join(out, "train.jsonl")) and jax.process_index() == 0:
-        from bard_jax.data.synthetic import generate
+    if jax.process_index() == 0:
+        from bard_jax.data.synthetic import ensure
 
-        generate(out, d.synthetic_n, d.synthetic_seed, d.synthetic_eval_n)
+        # Reused only when complete and made with these settings (a killed generation or other n is redone).
+        ensure(out, d.synthetic_n, d.synthetic_seed, d.synthetic_eval_n)
     sync_processes("synthetic data")  # the other processes read what process 0 generated
     return out
 
@@ -125,7 +127,9 @@ def keep_question_types(records: list[dict], types: tuple[str, ...], path: str) 
     return kept
 
 
-def prepare_run(cfg: TrainConfig) -> Run:
+def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> Run:
+    """Validate paths and compatibility, build the objective and the data stream (`stop_event`: the loop's stop
+    request, which also ends a wait for usable samples)."""
     d = cfg.data
     if d.global_batch_size % d.micro_batch_size:
         raise SetupError(f"data.global_batch_size {d.global_batch_size} is not a multiple of "
@@ -168,7 +172,8 @@ def prepare_run(cfg: TrainConfig) -> Run:
         shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict, workers=d.workers,
         noisy_copy=obj.kind != "ar",
     )
-    stream = TrainStream(records, processor, pipe, image_root=root, skipped=skipped, processor_dir=processor_dir)
+    stream = TrainStream(records, processor, pipe, image_root=root, skipped=skipped, processor_dir=processor_dir,
+                         stop_event=stop_event)
     if d.prefetch:
         stream = Prefetcher(stream, d.prefetch)
     seed_key = cfg.objective.seed

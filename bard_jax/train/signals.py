@@ -34,3 +34,8 @@ class StopFlag:
     @property
     def stop(self) -> bool:
         return self._event.is_set()
+
+    @property
+    def event(self) -> threading.Event:
+        """The flag as an event, for code that waits (the data stream ends a wait for usable samples on it)."""
+        return self._event
