@@ -3,25 +3,29 @@
 Loads the weights with `bj.load_pretrained(DIR)` and the tokenizer / image settings with `Processor.from_pretrained
 (DIR)`, renders the chat template with a generation prompt, decodes, prints the answer and the statistics.
 The mask id is the tokenizer's `<|mask|>` if it has one, else 151671; EOS is `<|im_end|>`.
+A bad flag, an unreadable image, a missing model directory or a prompt the model cannot take is one line on stderr
+and exit status 1 (`--debug` or BARD_JAX_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import numpy as np
 from PIL import Image
 
 import bard_jax as bj
+from bard_jax import cli
 from bard_jax.data import DataError, Processor
 
+PROG = "python -m bard_jax.generate"
 DEFAULT_MASK_ID = 151671
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m bard_jax.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF or bard_jax directory with the tokenizer files")
     p.add_argument("--prompt", required=True)
     p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
@@ -37,34 +41,36 @@ def parse_args(argv):
     p.add_argument("--commit", default="forward", choices=["forward", "reuse"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def read_image(path: str) -> Image.Image:
     try:
-        proc = Processor.from_pretrained(args.model)
-        images = []
-        for path in args.image:
-            try:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
-            except (OSError, ValueError) as e:
-                raise DataError(f"image {path} cannot be read ({e})") from e
-        tok = proc.tokenizer
-        mask_id = tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tok.get_vocab() else DEFAULT_MASK_ID
-        cfg = bj.SamplingConfig(
-            max_new_tokens=args.max_new_tokens, block_size=args.block_size, denoising_steps=args.steps,
-            strategy=args.strategy, confidence_threshold=args.threshold, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, mask_token_id=mask_id, eos_token_id=proc.im_end_id,
-            commit=args.commit,
-        )
-        content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": args.prompt}]
-        enc = proc.encode_chat([{"role": "user", "content": content}], add_generation_prompt=True)
-        model = bj.load_pretrained(args.model, dtype=args.dtype)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise DataError(f"--image {path} cannot be read ({reason})") from e
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # The cheap checks first: a bad flag or image fails before the tokenizer and the weights load. The token ids
+    # come from the tokenizer; until then the settings carry the defaults.
+    settings = bj.SamplingConfig(
+        max_new_tokens=args.max_new_tokens, block_size=args.block_size, denoising_steps=args.steps,
+        strategy=args.strategy, confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, commit=args.commit,
+    )
+    images = [read_image(path) for path in args.image]
+    proc = Processor.from_pretrained(args.model)
+    tok = proc.tokenizer
+    mask_id = tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tok.get_vocab() else DEFAULT_MASK_ID
+    cfg = dataclasses.replace(settings, mask_token_id=mask_id, eos_token_id=proc.im_end_id)
+    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": args.prompt}]
+    enc = proc.encode_chat([{"role": "user", "content": content}], add_generation_prompt=True)
+    model = bj.load_pretrained(args.model, dtype=args.dtype)
     import jax
 
     out = bj.generate(model, enc["input_ids"], cfg, pixel_values=enc.get("pixel_values"),
@@ -78,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{int(s['generated_tokens'][0])}, tokens/forward {float(s['tokens_per_forward'][0]):.2f}, "
           f"prefill {s['prefill_seconds']:.2f}s, decode {s['decode_seconds']:.2f}s, "
           f"block steps {s['block_step_counts'][0].tolist()}]", file=sys.stderr)
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(cli.run(main, prog=PROG))

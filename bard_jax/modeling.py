@@ -6,6 +6,7 @@ Letters: B batch, T tokens, V vocab.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from bard_jax.config import ModelConfig
 from bard_jax.errors import InputError
 from bard_jax.model.attention import TokenInfo
-from bard_jax.model.inputs import text_positions, vision_inputs, window_index
+from bard_jax.model.inputs import check_inputs, check_length, text_positions, vision_inputs, window_index
 from bard_jax.model.positions import vision_patch_metadata
 from bard_jax.model.vlm import Qwen3VL
 
@@ -82,6 +83,12 @@ def init_params(config: ModelConfig, rng: jax.Array, dtype: Any = "float32") -> 
     return jax.tree_util.tree_map(lambda x: x.astype(resolve_dtype(dtype)), params)
 
 
+def check_model(model: Any) -> None:
+    if not isinstance(model, Model):
+        raise InputError(f"model must be a bard_jax.Model (from bj.load_pretrained(path) or bj.Model(params, config)), "
+                         f"got {type(model).__name__}")
+
+
 def forward(
     model: Model,
     input_ids: Any,
@@ -99,18 +106,22 @@ def forward(
     the sampler's prefill (bidirectional inside b-chunks counted from each row's first real token).
     attention_mask [B, T] marks real tokens (left or right padding). Pixel rows come with their grids
     ([I, 3]); rows may be padded at the end (zero-count grid rows and extra pixel rows are ignored).
-    Works eagerly and under `jax.jit` (pass `block_size` as static).
+    Works eagerly and under `jax.jit` (pass `block_size` as static). Bad inputs (ids outside the vocabulary, a mask
+    that is not 0/1, placeholder tokens that do not match the grids, ...; see `check_inputs`) raise `InputError`
+    before anything is compiled; under the caller's jit only their shapes and dtypes can be checked.
     """
+    check_model(model)
+    check_inputs(model.config, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                 video_grid_thw)
+    check_length(model.config, np.shape(input_ids)[1])
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
+            raise InputError(f"block_size must be None or an int >= 1, got {block_size!r}")
+        block_size = int(block_size)
     input_ids = jnp.asarray(input_ids, jnp.int32)
-    if input_ids.ndim != 2:
-        raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids, dtype=bool)
     attention_mask = jnp.asarray(attention_mask).astype(bool)
-    if attention_mask.shape != input_ids.shape:
-        raise InputError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
-    if block_size is not None and block_size < 1:
-        raise InputError(f"block_size must be >= 1, got {block_size}")
     vis = vision_inputs(model.config, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     pixels, meta, num_image_windows = vis if vis is not None else (None, None, 0)
     return _forward_jit(
@@ -149,6 +160,7 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = "float32", mesh: Any =
     from bard_jax.sharding import param_sharding_fn
 
     path = os.fspath(path)
+    hf.check_weights_dir(path)  # a training workdir or a wrong path: say what to pass instead
     sharding_fn = param_sharding_fn(mesh) if mesh is not None else None
     if hf.is_converted_dir(path):
         params, config, raw = hf.load_converted(path, dtype=dtype, sharding_fn=sharding_fn)

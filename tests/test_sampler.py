@@ -199,8 +199,10 @@ def test_bad_settings_fail_before_compiling():
     with pytest.raises(ValueError, match="top_p"):
         bj.SamplingConfig(top_p=0.0)
     model = sharp_model(False)
+    compiled = (sampler_impl._prefill_jit._cache_size(), sampler_impl._decode_jit._cache_size())
     with pytest.raises(ValueError, match="mask_token_id 5000 outside the vocabulary"):
         bj.generate(model, np.array([[1, 2]]), bj.SamplingConfig(mask_token_id=5000, eos_token_id=1))
     with pytest.raises(ValueError, match="max positions"):
         bj.generate(model, np.zeros((1, 8190), np.int32),
                     bj.SamplingConfig(max_new_tokens=64, mask_token_id=MASK, eos_token_id=EOS))
+    assert (sampler_impl._prefill_jit._cache_size(), sampler_impl._decode_jit._cache_size()) == compiled

@@ -22,24 +22,29 @@ from bard_jax.model.inputs import text_positions, vision_inputs, window_index
 from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
-from bard_jax.sampler.diffusion import SamplerOutput
+from bard_jax.sampler.config import SettingsCheck
+from bard_jax.sampler.diffusion import SamplerOutput, check_decoding_call
 from bard_jax.sampler.select import choose_tokens
 
 
 @dataclasses.dataclass(frozen=True)
 class ARConfig:
+    """Token-by-token decoding settings; every field checked on construction like `SamplingConfig`'s."""
+
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     eos_token_id: int = 151645
 
-    def __post_init__(self):
-        if self.max_new_tokens <= 0:
-            raise InputError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise InputError(f"invalid sampling settings: temperature {self.temperature}, top_k {self.top_k}, "
-                             f"top_p {self.top_p}")
+    def __post_init__(self) -> None:
+        check = SettingsCheck(self)
+        check.integer("max_new_tokens", 1)
+        check.real("temperature", 0.0)
+        check.integer("top_k", 0)
+        check.real("top_p", 0.0, 1.0, low_open=True)
+        check.integer("eos_token_id", 0)
+        check.raise_problems()
 
 
 @flax.struct.dataclass
@@ -123,7 +128,19 @@ def _generate_ar_jit(model: Model, input_ids, mask, pixels, meta, image_grid_thw
 def generate_ar(model: Model, input_ids: Any, config: ARConfig, attention_mask: Any = None, pixel_values: Any = None,
                 image_grid_thw: Any = None, pixel_values_videos: Any = None, video_grid_thw: Any = None,
                 rng: jax.Array | None = None) -> SamplerOutput:
-    """Token-by-token decoding (prompts left-padded). tokens [B, N]: after a row's EOS, EOS repeats."""
+    """Token-by-token decoding (prompts left-padded). tokens [B, N]: after a row's EOS, EOS repeats.
+
+    Arguments are checked on the host before anything is compiled, as `bj.generate` does; the prompts must be
+    left-padded (the last column real in every row: its logits give the first new token)."""
+    if not isinstance(config, ARConfig):
+        raise InputError(f"config must be an ARConfig, got {type(config).__name__}")
+    real = check_decoding_call(model, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                               video_grid_thw, rng, token_ids={"eos_token_id": config.eos_token_id},
+                               top_k=config.top_k, new_tokens=config.max_new_tokens)
+    if real is not None and not real[:, -1].all():
+        row = int(np.flatnonzero(~real[:, -1])[0])
+        raise InputError(f"attention_mask[{row}, -1] is 0: generate_ar needs left-padded prompts (the last column a "
+                         f"real token in every row)")
     c = model.config
     ids = jnp.asarray(input_ids, jnp.int32)
     mask = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)

@@ -21,11 +21,11 @@ import numpy as np
 
 from bard_jax.errors import InputError
 from bard_jax.model.attention import PLAIN, TokenInfo
-from bard_jax.model.inputs import text_positions, vision_inputs, window_index
+from bard_jax.model.inputs import check_inputs, check_length, text_positions, vision_inputs, window_index
 from bard_jax.model.positions import response_positions
 from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
-from bard_jax.modeling import Model, network
+from bard_jax.modeling import Model, check_model, network
 from bard_jax.sampler.config import SamplingConfig
 from bard_jax.sampler.select import choose_tokens, select_transfer
 
@@ -179,6 +179,41 @@ def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, threshold, 
                    carry.cache_valid.shape[1] - cfg.num_blocks * cfg.block_size)
 
 
+def check_rng(rng: Any) -> None:
+    """None or a PRNG key: a typed key (`jax.random.key(seed)`) or a raw uint32[2] one (`jax.random.PRNGKey`)."""
+    if rng is None:
+        return
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape == ():
+        return
+    if isinstance(rng, (jax.Array, np.ndarray)):
+        if rng.dtype == np.uint32 and rng.shape == (2,):
+            return
+        shown = f"an array of dtype {rng.dtype} and shape {rng.shape}"
+    else:
+        shown = f"{rng!r} ({type(rng).__name__})"
+    raise InputError(f"rng must be None or one PRNG key such as jax.random.key(0), got {shown}")
+
+
+def check_decoding_call(model: Model, input_ids: Any, attention_mask: Any, pixel_values: Any, image_grid_thw: Any,
+                        pixel_values_videos: Any, video_grid_thw: Any, rng: Any, *, token_ids: dict[str, int],
+                        top_k: int, new_tokens: int, detail: str = "") -> np.ndarray | None:
+    """The host-side checks a decoder runs before compiling anything: the model, the settings' token ids
+    (`token_ids`: name -> id) and top_k against its vocabulary, the inputs (`check_inputs`; every row needs a real
+    token), prompt length + `new_tokens` against its positions, the key. Returns the mask as host bools (or None)."""
+    check_model(model)
+    c = model.config
+    for name, value in token_ids.items():
+        if not 0 <= value < c.text.vocab_size:
+            raise InputError(f"{name} {value} outside the vocabulary [0, {c.text.vocab_size})")
+    if top_k > c.text.vocab_size:
+        raise InputError(f"top_k {top_k} exceeds the vocabulary size {c.text.vocab_size}")
+    real = check_inputs(c, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                        video_grid_thw, require_prompt=True)
+    check_length(c, np.shape(input_ids)[1], new_tokens, detail)
+    check_rng(rng)
+    return real
+
+
 def generate(
     model: Model,
     input_ids: Any,
@@ -195,18 +230,21 @@ def generate(
     Returns tokens [B, ceil(max_new_tokens / b) * b] and stats: `nfe` [B] (1 prefill + denoising forwards +
     commits), `nfe_total`, `block_step_counts` [B, N], `tokens_per_forward` [B] (tokens up to and including the
     first EOS per denoising forward), `prefill_seconds`, `decode_seconds`.
+
+    Every argument is checked on the host before anything is compiled (see `check_decoding_call`): a mistake is
+    an `InputError` naming the argument and the value.
     """
+    if not isinstance(config, SamplingConfig):
+        raise InputError(f"config must be a bard_jax.SamplingConfig, got {type(config).__name__}")
+    new = config.num_blocks * config.block_size
+    check_decoding_call(model, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                        video_grid_thw, rng, token_ids={"mask_token_id": config.mask_token_id,
+                                                        "eos_token_id": config.eos_token_id},
+                        top_k=config.top_k, new_tokens=new,
+                        detail=f" (max_new_tokens {config.max_new_tokens} in whole blocks of {config.block_size})"
+                        if new != config.max_new_tokens else "")
     c = model.config
     input_ids = jnp.asarray(input_ids, jnp.int32)
-    if input_ids.ndim != 2:
-        raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-    for name in ("mask_token_id", "eos_token_id"):
-        if not 0 <= getattr(config, name) < c.text.vocab_size:
-            raise InputError(f"{name} {getattr(config, name)} outside the vocabulary [0, {c.text.vocab_size})")
-    total = input_ids.shape[1] + config.num_blocks * config.block_size
-    if total > c.text.max_position_embeddings:
-        raise InputError(f"prompt ({input_ids.shape[1]}) + new tokens ({config.num_blocks * config.block_size}) "
-                         f"exceed the model's max positions {c.text.max_position_embeddings}")
     mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     pixels, meta, n_img = vis if vis is not None else (None, None, 0)
