@@ -63,7 +63,8 @@ def test_every_bad_setting_is_named_at_once(tmp_path):
 def test_a_workdir_that_cannot_be_created_is_refused_before_data_is_made(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(loop.TrainingError, match="is not writable"):
+    with pytest.raises(loop.TrainingError, match=f"workdir {blocker / 'run'} cannot be written: {blocker} is not a "
+                                                 "directory"):
         loop.main(train_argv(blocker / "run"))
     assert not (tmp_path / "data").exists()
 

@@ -59,18 +59,20 @@ def load_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainCon
     return dataclasses.replace(cfg, workdir=os.path.abspath(workdir))
 
 
-def claim_workdir(workdir: str) -> None:
-    """Create the workdir and check that it is writable, before any data is generated or weights are read."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise TrainingError(f"workdir {workdir} exists and is not a directory")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(f"workdir {workdir} is not writable ({e.strerror or e})") from e
+def check_workdir_writable(workdir: str) -> None:
+    """Fail now, not after data generation and weight loading, if the workdir cannot be written: it must be a
+    writable directory, or not exist yet under a writable one. Nothing is created here (a run refused later, for a
+    bad setting, leaves nothing behind)."""
+    existing = workdir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise TrainingError(f"workdir {workdir} cannot be written: {problem}")
 
 
 def maybe_init_distributed(args: argparse.Namespace) -> None:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- data, model config, objective
     if jax.process_index() == 0:
-        claim_workdir(cfg.workdir)
+        check_workdir_writable(cfg.workdir)
     stop = StopFlag()  # its handlers are installed when the loop starts; the data stream already watches it
     run = setup.prepare_run(cfg, stop_event=stop.event)  # checks paths and compatibility; builds the data stream
     model_config = run.model_config
