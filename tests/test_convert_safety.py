@@ -19,8 +19,7 @@ import pytest
 from helpers_hf import make_tiny_hf_checkpoint
 
 import bard_jax as bj
-from bard_jax import cli, hf
-from bard_jax.hf import dirs
+from bard_jax import atomic_dir, cli, hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +64,7 @@ def source_copy(made, script, where):
 
 def temp_name(dst, what, pid, host=None):
     """The name atomic_dir gives its temporary folders, as a killed writer with this pid would have left it."""
-    return dst.parent / f".{dst.name}.{what}-{pid}@{host or dirs._host()}-0123abcd"
+    return dst.parent / f".{dst.name}.{what}-{pid}@{host or atomic_dir._host()}-0123abcd"
 
 
 def dead_pid():

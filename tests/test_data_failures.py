@@ -196,7 +196,8 @@ def test_a_killed_generation_is_never_used(tmp_path, monkeypatch):
 
 def test_partial_output_and_leftover_folders_of_a_killed_run_are_replaced(tmp_path, capfd):
     """What SIGKILL leaves: an older version's partial output in place, this version's temporary folders beside
-    it. `_synthetic_dir` (what training calls) regenerates the one and removes the others."""
+    it. `_synthetic_dir` (what training calls) regenerates the one and removes the dead writer's others."""
+    from bard_jax.atomic_dir import _host
     from bard_jax.train.setup import _synthetic_dir
 
     out = tmp_path / "data"
@@ -205,22 +206,21 @@ def test_partial_output_and_leftover_folders_of_a_killed_run_are_replaced(tmp_pa
     (out / "images" / "train_000000.png").write_bytes(b"")
     (out / "train.jsonl").write_text('{"messages": []}\n')  # 1 of 10 samples
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f".data.partial-{synthetic.socket.gethostname()}-{int(gone.stdout)}-0123abcd"
-    stale = tmp_path / ".data.old-elsewhere-12-89abcdef"
-    for d in (dead, stale):
+    dead = tmp_path / f".data.partial-{int(gone.stdout)}@{_host()}-0123abcd"
+    dead_old = tmp_path / f".data.old-{int(gone.stdout)}@{_host()}-89abcdef"
+    for d in (dead, dead_old):
         (d / "images").mkdir(parents=True)
-    old = time.time() - synthetic.LEFTOVER_STALE_SECONDS - 60
-    for p in (stale / "images", stale):
-        os.utime(p, (old, old))
-    live = tmp_path / f".data.partial-{synthetic.socket.gethostname()}-{os.getppid()}-00000000"  # pytest's parent
+    live = tmp_path / f".data.partial-{os.getppid()}@{_host()}-00000000"  # pytest's parent: a running writer
+    elsewhere = tmp_path / ".data.partial-12@another-host-0000ffff"  # its pid means nothing here: left alone
     live.mkdir()
+    elsewhere.mkdir()
     cfg = types.SimpleNamespace(workdir=str(tmp_path / "run"), data=types.SimpleNamespace(
         synthetic_dir=str(out), synthetic_n=10, synthetic_eval_n=2, synthetic_seed=0))
     assert _synthetic_dir(cfg) == str(out)
     err = capfd.readouterr().err
     assert f"synthetic data at {out} has no settings.json" in err and "regenerating" in err, err
     assert synthetic.why_not_reusable(str(out), 10, 0, 2) is None
-    assert leftovers(tmp_path) == [live.name]  # a running generation's folder is left alone
+    assert sorted(leftovers(tmp_path)) == sorted([live.name, elsewhere.name])
 
 
 def test_other_settings_regenerate_and_the_same_reuse(tmp_path, capsys):

@@ -25,16 +25,13 @@ import argparse
 import json
 import os
 import re
-import secrets
-import shutil
-import socket
 import sys
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from bard_jax import cli
+from bard_jax.atomic_dir import atomic_dir, clean_stale_temp_dirs
 from bard_jax.data.processor import DataError
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -199,7 +196,6 @@ SETTINGS_FILE = "settings.json"
 GENERATOR = "bard_jax.data.synthetic"
 LAYOUT = ("tokenizer", "images", "train.jsonl", "eval.jsonl", SETTINGS_FILE)
 IMAGE_NAME = re.compile(r"(train|eval)_\d{6}\.png")
-LEFTOVER_STALE_SECONDS = 3600.0  # a temporary folder untouched this long is a dead generation's, whatever its owner
 
 
 def settings_of(n: int, seed: int, n_eval: int) -> dict:
@@ -281,76 +277,21 @@ def why_not_reusable(path: str, n: int, seed: int, n_eval: int) -> str | None:
     return f"is incomplete ({', '.join(problems)})" if problems else None
 
 
-def _temp_name(base: str, kind: str) -> str:
-    return f".{base}.{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _is_dead(path: str, host: str, pid: int) -> bool:
-    """Whether the generation that owns a temporary folder has ended (its process is gone, or nothing in the
-    folder changed for LEFTOVER_STALE_SECONDS: the owner may be on another host, where its pid means nothing)."""
-    if host == socket.gethostname() and pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass  # alive, another user's
-    newest = os.lstat(path).st_mtime
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-            except OSError:
-                pass
-    return time.time() - newest > LEFTOVER_STALE_SECONDS
-
-
-def remove_leftovers(out: str) -> list[str]:
-    """Delete the temporary folders next to `out` left by killed generations into `out`; returns their paths."""
-    parent, base = os.path.split(os.path.realpath(out))
-    pattern = re.compile(rf"\.{re.escape(base)}\.(partial|old)-(.+)-(\d+)-[0-9a-f]{{8}}")
-    removed = []
-    for name in os.listdir(parent) if os.path.isdir(parent) else []:
-        m = pattern.fullmatch(name)
-        path = os.path.join(parent, name)
-        if m and os.path.isdir(path) and _is_dead(path, m.group(2), int(m.group(3))):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
 def generate(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
     """Write the task into `out` (replacing an earlier synthetic output there; anything else is refused).
 
-    The files are written into a temporary folder next to `out` and renamed into place when all are complete."""
+    The files are written into a temporary folder next to `out` and renamed into place when all are complete
+    (`bard_jax.atomic_dir`, which also removes what killed generations left)."""
     settings = settings_of(n, seed, n_eval)
-    target = os.path.realpath(out)
-    if not is_synthetic_output(target):
+    if not is_synthetic_output(os.path.realpath(out)):
         raise _refuse(out)
-    parent, base = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    remove_leftovers(target)
-    tmp = os.path.join(parent, _temp_name(base, "partial"))
-    os.mkdir(tmp)
-    try:
+    with atomic_dir(os.path.realpath(out)) as tmp:
         os.mkdir(os.path.join(tmp, "images"))
         build_tokenizer(os.path.join(tmp, "tokenizer"))
         write_split(tmp, "train", n, np.random.default_rng([seed, 0]), 0)
         write_split(tmp, "eval", n_eval, np.random.default_rng([seed, 1]), 0)
         with open(os.path.join(tmp, SETTINGS_FILE), "w") as f:  # last: its presence says the rest is complete
             json.dump(settings, f, indent=2, sort_keys=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.lexists(target):
-        # A directory cannot be renamed over a non-empty one: move the old one aside first. If this process dies
-        # in between, `out` is missing (regenerated next time) and the aside folder is a leftover (removed then).
-        old = os.path.join(parent, _temp_name(base, "old"))
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
     return out
 
 
@@ -358,7 +299,7 @@ def ensure(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
     """`out`, holding complete synthetic data made with these settings: reused when it already does, generated
     when missing, regenerated (with a note on stderr) when its settings differ or it is incomplete."""
     settings_of(n, seed, n_eval)
-    remove_leftovers(out)
+    clean_stale_temp_dirs(os.path.realpath(out))  # a generation killed mid-swap may have left `out` aside
     problem = why_not_reusable(out, n, seed, n_eval)
     if problem is None:
         return out

@@ -15,6 +15,7 @@ with its HF tensor name and layout transform. Every loader problem is reported i
 No torch anywhere: safetensors are parsed and written here (bf16 via ml_dtypes).
 """
 
+from bard_jax.atomic_dir import atomic_dir, clean_stale_temp_dirs
 from bard_jax.hf.common import CONVERTED_MARKER, CheckpointError, copy_side_files, parse_size, resolve_dtype
 from bard_jax.hf.converted import (
     convert_hf,
@@ -23,7 +24,7 @@ from bard_jax.hf.converted import (
     read_converted_config,
     save_converted,
 )
-from bard_jax.hf.dirs import atomic_dir, check_output_dir, check_weights_dir, clean_stale_temp_dirs
+from bard_jax.hf.dirs import check_output_dir, check_weights_dir
 from bard_jax.hf.export import export_hf
 from bard_jax.hf.load import HFCheckpoint, ShardingFn, check_checkpoint, load_hf_params, read_hf_config
 from bard_jax.hf.table import (

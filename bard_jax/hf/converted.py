@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bard_jax.atomic_dir import atomic_dir
 from bard_jax.config import ConfigError, ModelConfig
 from bard_jax.hf.common import (
     CONVERTED_MARKER,
@@ -35,7 +36,7 @@ from bard_jax.hf.common import (
     release_memory,
     resolve_dtype,
 )
-from bard_jax.hf.dirs import atomic_dir, check_output_dir, check_weights_dir
+from bard_jax.hf.dirs import check_output_dir, check_weights_dir
 from bard_jax.hf.load import HFCheckpoint, ShardingFn, assemble, check_checkpoint, place, read_hf_config
 from bard_jax.hf.table import Entry, get_path, name_table, set_path
 

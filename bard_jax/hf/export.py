@@ -20,6 +20,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from bard_jax.atomic_dir import atomic_dir
 from bard_jax.config import ModelConfig
 from bard_jax.hf.common import (
     CheckpointError,
@@ -30,7 +31,6 @@ from bard_jax.hf.common import (
     progress,
     release_memory,
 )
-from bard_jax.hf.dirs import atomic_dir
 from bard_jax.hf.table import Entry, flatten, get_path, hf_tensor_order, name_table
 from bard_jax.safetensors_io import NAMES as SAFETENSORS_DTYPES
 
