@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 import bard_jax as bj
-from bard_jax import cli
+from bard_jax import cli, hf
 from bard_jax.data import DataError, Processor
 
 PROG = "python -m bard_jax.generate"
@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
         top_p=args.top_p, commit=args.commit,
     )
     images = [read_image(path) for path in args.image]
+    hf.check_weights_dir(args.model)  # a training workdir or a wrong path is named before the tokenizer is read
     proc = Processor.from_pretrained(args.model)
     tok = proc.tokenizer
     mask_id = tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tok.get_vocab() else DEFAULT_MASK_ID

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import subprocess
 import sys
 
@@ -355,10 +356,7 @@ def model_dir(model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cli")
     build_tokenizer(str(root / "tokenizer"))
-    # The config as read back from an HF config dict (the loader compares the stored config with that, including
-    # where tie_word_embeddings was read from, which a preset does not record).
-    config = bj.ModelConfig.from_hf_dict(model.config.to_hf_dict(base=None), source="tiny preset")
-    return hf.save_converted(jax.device_get(model.params), config, None, root / "model",
+    return hf.save_converted(jax.device_get(model.params), model.config, None, root / "model",
                              side_files_from=root / "tokenizer")
 
 
@@ -376,3 +374,23 @@ def test_generate_cli_prints_one_error_line(model_dir, tmp_path, flags, fragment
     assert len(errors) == 1 and errors[0].startswith("python -m bard_jax.generate: error: "), r.stderr[-3000:]
     assert fragment in errors[0], errors
     assert "Traceback" not in r.stderr
+
+
+def test_generate_cli_names_a_training_workdir_or_a_directory_without_a_tokenizer(model_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"  # what `python -m bard_jax.train --workdir run` leaves: checkpoints/, export/, ...
+    shutil.copytree(model_dir, run / "export")
+    (run / "checkpoints").mkdir()
+    bare = tmp_path / "bare"  # weights without the tokenizer files
+    shutil.copytree(model_dir, bare)
+    for name in os.listdir(bare):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            os.remove(bare / name)
+    for model, fragment in ((run, f"{run} is a training workdir, not a weights directory: pass {run / 'export'}"),
+                            (bare, f"{bare}: no tokenizer files")):
+        r = subprocess.run([sys.executable, "-m", "bard_jax.generate", "--model", str(model), "--prompt", "x"],
+                           capture_output=True, text=True, cwd=tmp_path)
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert len(errors) == 1 and fragment in errors[0], errors

@@ -31,6 +31,10 @@ from bard_jax.errors import BardError
 _ASSISTANT_NEWLINES = re.compile(r"(<\|im_start\|>assistant)\n+")
 
 
+# One of these makes a directory a tokenizer directory (transformers' fast and slow tokenizer files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 class DataError(BardError, ValueError):
     """A sample that cannot be encoded (names what is wrong)."""
 
@@ -54,7 +58,12 @@ class Processor:
         tok_dir = os.path.join(path, "tokenizer") if os.path.isdir(os.path.join(path, "tokenizer")) else path
         if not os.path.isdir(tok_dir):
             raise DataError(f"processor directory not found: {path}")
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        if not any(os.path.isfile(os.path.join(tok_dir, name)) for name in TOKENIZER_FILES):
+            raise DataError(f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)})")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        except (ValueError, OSError) as e:  # transformers' message for a broken or partial tokenizer directory
+            raise DataError(f"{tok_dir}: the tokenizer cannot be loaded ({str(e).splitlines()[0]})") from e
         cfg_path = os.path.join(tok_dir, "preprocessor_config.json")
         raw = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
         size = raw.get("size") or {}
