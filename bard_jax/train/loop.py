@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 if step != last_saved and step > 0 and jax.process_count() == 1:
                     save(ckpt, step, state, run, fingerprint)
                     last_saved = step
-                kept = (f"saved step {step}" if last_saved == step else "no step was trained" if last_saved is None
+                kept = (f"saved step {step}" if last_saved == step else "no checkpoint saved yet" if last_saved is None
                         else f"the last checkpoint is step {last_saved}")
                 writer.message(f"[bard_jax.train] {stop.signal_name or 'stop requested'} while waiting for data: "
                                f"{kept}, exiting with status {cli.EXIT_STOPPED}; re-run to resume")
