@@ -360,25 +360,36 @@ def model_dir(model, tmp_path_factory):
                              side_files_from=root / "tokenizer")
 
 
+def generate_cli(argv, capfd, monkeypatch) -> tuple[int, list[str], str]:
+    """`python -m bard_jax.generate ARGV`, run in this process as `python -m` runs it (runpy, as __main__: importing
+    the module would shadow the function `bj.generate` with it): status, error lines, stderr."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["bard_jax.generate", *argv])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("bard_jax.generate", run_name="__main__")
+    err = capfd.readouterr().err
+    return exited.value.code, [line for line in err.splitlines() if "error:" in line], err
+
+
 @pytest.mark.parametrize("flags,fragment", [
     (["--max-new-tokens", "9000"], "exceeds the model's max positions"),  # raised by bj.generate, after loading
     (["--image", "missing.png"], "--image missing.png cannot be read (No such file or directory)"),
     (["--block-size", "0"], "block_size must be >= 1, got 0"),
 ])
-def test_generate_cli_prints_one_error_line(model_dir, tmp_path, flags, fragment):
-    cmd = [sys.executable, "-m", "bard_jax.generate", "--model", str(model_dir), "--prompt", "how many shapes ?",
-           *flags]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 1, r.stderr[-3000:]
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("python -m bard_jax.generate: error: "), r.stderr[-3000:]
-    assert fragment in errors[0], errors
-    assert "Traceback" not in r.stderr
+def test_generate_cli_prints_one_error_line(model_dir, tmp_path, capfd, monkeypatch, flags, fragment):
+    monkeypatch.chdir(tmp_path)
+    status, errors, err = generate_cli(["--model", str(model_dir), "--prompt", "how many shapes ?", *flags], capfd,
+                                       monkeypatch)
+    assert status == 1 and len(errors) == 1, err[-3000:]
+    assert errors[0].startswith("python -m bard_jax.generate: error: ") and fragment in errors[0], errors
 
 
-def test_generate_cli_names_a_training_workdir_or_a_directory_without_a_tokenizer(model_dir, tmp_path):
+def test_generate_cli_names_a_training_workdir_or_a_directory_without_a_tokenizer(model_dir, tmp_path, capfd,
+                                                                                  monkeypatch):
     import shutil
 
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"  # what `python -m bard_jax.train --workdir run` leaves: checkpoints/, export/, ...
     shutil.copytree(model_dir, run / "export")
     (run / "checkpoints").mkdir()
@@ -387,10 +398,12 @@ def test_generate_cli_names_a_training_workdir_or_a_directory_without_a_tokenize
     for name in os.listdir(bare):
         if name.startswith(("tokenizer", "special_tokens", "chat_template")):
             os.remove(bare / name)
-    for model, fragment in ((run, f"{run} is a training workdir, not a weights directory: pass {run / 'export'}"),
-                            (bare, f"{bare}: no tokenizer files")):
-        r = subprocess.run([sys.executable, "-m", "bard_jax.generate", "--model", str(model), "--prompt", "x"],
-                           capture_output=True, text=True, cwd=tmp_path)
-        errors = [line for line in r.stderr.splitlines() if "error:" in line]
-        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-        assert len(errors) == 1 and fragment in errors[0], errors
+    status, errors, err = generate_cli(["--model", str(bare), "--prompt", "x"], capfd, monkeypatch)
+    assert status == 1 and len(errors) == 1 and f"{bare}: no tokenizer files" in errors[0], err[-3000:]
+    # The real command, once: the process prints the one line and no traceback.
+    r = subprocess.run([sys.executable, "-m", "bard_jax.generate", "--model", str(run), "--prompt", "x"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert errors == [f"python -m bard_jax.generate: error: {run} is a training workdir, not a weights directory: "
+                      f"pass {run / 'export'} (written when training finishes)"], errors
