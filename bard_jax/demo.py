@@ -46,6 +46,7 @@ def fmt(x) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = p.parse_args(argv)
     root = args.workdir or tempfile.mkdtemp(prefix="bard_demo_")
     src, ours, back = (os.path.join(root, d) for d in ("hf", "converted", "exported"))
@@ -79,4 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bard_jax import cli
+
+    raise SystemExit(cli.run(main, prog="python -m bard_jax.demo"))
