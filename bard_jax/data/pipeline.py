@@ -268,10 +268,7 @@ class TrainStream:
         without flooding, and after a whole pass of them, checked for a dataset with nothing usable."""
         if sample is not None:
             if self._consecutive:
-                self._consecutive = 0
-                self._run += 1
-                self._run_reasons.clear()
-                self._run_first = None
+                self._start_new_run()
             return sample
         where = self.records[record_index].get("_where", "?")
         reason = skip_reason(problem)
@@ -288,6 +285,13 @@ class TrainStream:
         if self._consecutive >= len(self.records):
             self._check_anything_usable()
         return None
+
+    def _start_new_run(self) -> None:
+        """A usable sample was found: forget the skips since the last one."""
+        self._consecutive = 0
+        self._run += 1
+        self._run_reasons.clear()
+        self._run_first = None
 
     def _log_skip(self, reason: str, where: str, problem: str) -> None:
         self._unsummarised += 1
@@ -313,10 +317,7 @@ class TrainStream:
             jobs = [(int(r), -1) for r in untried[i:i + chunk]]
             for (r, _), (sample, problem) in zip(jobs, self._attempts(jobs)):
                 if sample is not None:  # a new run: checked again only after another pass of skips
-                    self._consecutive = 0
-                    self._run += 1
-                    self._run_reasons.clear()
-                    self._run_first = None
+                    self._start_new_run()
                     return
                 self._tried[r] = self._run
                 self._run_reasons[skip_reason(problem)] += 1

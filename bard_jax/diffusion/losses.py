@@ -25,6 +25,7 @@ from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_examp
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network, resolve_dtype
 
+OBJECTIVES = ("ar", "pbm", "swd")
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
@@ -42,8 +43,8 @@ class ObjectiveConfig:
     logits_chunk: int = 256  # supervised slots per head chunk
 
     def __post_init__(self):
-        if self.kind not in ("ar", "pbm", "swd"):
-            raise InputError(f"unknown objective {self.kind!r}; expected ar, pbm or swd")
+        if self.kind not in OBJECTIVES:
+            raise InputError(f"unknown objective {self.kind!r}; expected one of {OBJECTIVES}")
         if self.block_size < 1:
             raise InputError(f"block_size must be >= 1, got {self.block_size}")
         if self.kind == "swd" and self.block_size % self.teacher_block_size:

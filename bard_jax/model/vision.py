@@ -167,13 +167,15 @@ class VisionTower(nn.Module):
         return merged, deep
 
 
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
 def remat_policy(name: str):
     """A jax.checkpoint policy by name: 'full' (save nothing), 'dots' (save matmul outputs), 'none'."""
-    policies = {
-        "full": jax.checkpoint_policies.nothing_saveable,
-        "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-        "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    }
-    if name not in policies:
-        raise InputError(f"unknown remat policy {name!r}; known: {sorted(policies)} or 'none'")
-    return policies[name]
+    if name not in REMAT_POLICIES:
+        raise InputError(f"unknown remat policy {name!r}; known: {sorted(REMAT_POLICIES)} or 'none'")
+    return REMAT_POLICIES[name]

@@ -6,6 +6,10 @@ import dataclasses
 import math
 from typing import Any
 
+from bard_jax.diffusion.losses import OBJECTIVES
+from bard_jax.diffusion.noise import PRIORS
+from bard_jax.model.vision import REMAT_POLICIES as VISION_REMAT_POLICIES
+from bard_jax.modeling import DTYPES as MODEL_DTYPES
 from bard_jax.train.optimizer import MERGER_GROUPS, GroupSchedule, OptimizerConfig
 from bard_jax.train.recipe import RecipeError
 
@@ -116,10 +120,10 @@ SWD_OPTIM = OptimizerConfig(
 
 
 # ------------------------------------------------------------------------------------------------ validation
-OBJECTIVES = ("ar", "pbm", "swd")
-NOISES = ("mask", "uniform", "mix", "edit", "mask_rate")
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_saveable")
+# What each setting may name, from the modules that interpret it.
+NOISES = PRIORS
+DTYPES = tuple(MODEL_DTYPES)
+REMAT_POLICIES = ("none", *VISION_REMAT_POLICIES)
 
 
 def check_train_config(cfg: TrainConfig) -> None:
