@@ -17,7 +17,7 @@ import numpy as np
 
 from bard_jax.config import ModelConfig
 from bard_jax.errors import InputError
-from bard_jax.model.attention import TokenInfo
+from bard_jax.model.attention import AttentionConfig, TokenInfo
 from bard_jax.model.inputs import check_inputs, check_length, text_positions, vision_inputs, window_index
 from bard_jax.model.positions import vision_patch_metadata
 from bard_jax.model.vlm import Qwen3VL
@@ -60,9 +60,11 @@ def network(
     remat_policy: str = "none",
     return_kv: bool = False,
     clean_sees_noisy: bool = True,
+    attention: AttentionConfig = AttentionConfig(),
 ) -> Qwen3VL:
-    """The (stateless, hashable) Linen module for a config and compute options."""
-    return Qwen3VL(config, dtype, remat_policy, return_kv, clean_sees_noisy)
+    """The (stateless, hashable) Linen module for a config and compute options (`attention`: which attention
+    implementation runs; see `bard_jax.model.attention.AttentionConfig`)."""
+    return Qwen3VL(config, dtype, remat_policy, return_kv, clean_sees_noisy, attention)
 
 
 def init_params(config: ModelConfig, rng: jax.Array, dtype: Any = "float32") -> Any:

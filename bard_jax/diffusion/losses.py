@@ -20,7 +20,7 @@ from bard_jax.config import ModelConfig
 from bard_jax.diffusion.layout import token_info
 from bard_jax.diffusion.noise import NoiseConfig, corrupt_batch
 from bard_jax.errors import InputError
-from bard_jax.model.attention import NOISY, TokenInfo
+from bard_jax.model.attention import NOISY, AttentionConfig, TokenInfo
 from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network, resolve_dtype
@@ -41,6 +41,7 @@ class ObjectiveConfig:
     remat_policy: str = "none"
     compute_dtype: str = "float32"
     logits_chunk: int = 256  # supervised slots per head chunk
+    attention: AttentionConfig = AttentionConfig()  # dense | flash | auto (by size), tile sizes
 
     def __post_init__(self):
         if self.kind not in OBJECTIVES:
@@ -55,7 +56,8 @@ class ObjectiveConfig:
 
 def _hidden(model_config: ModelConfig, obj: ObjectiveConfig, params: Any, batch: dict, info: TokenInfo):
     """Final hidden states [B, L, D] of a (packed or plain) batch."""
-    net = network(model_config, resolve_dtype(obj.compute_dtype), obj.remat_policy, False, obj.clean_sees_noisy)
+    net = network(model_config, resolve_dtype(obj.compute_dtype), obj.remat_policy, False, obj.clean_sees_noisy,
+                  obj.attention)
     p = {"params": params}
     vision = None
     windows = None

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from bard_jax.config import TextConfig
-from bard_jax.model.attention import TokenInfo, attention_mask, grouped_attention
+from bard_jax.model.attention import AttentionConfig, AttentionPlan, TokenInfo, TokenRule, attend, plan_attention
 from bard_jax.model.layers import Dtype, Embed, Linear, RMSNorm
 from bard_jax.model.rope import apply_rope, text_rope
 from bard_jax.model.vision import remat_policy
@@ -38,7 +38,7 @@ class TextAttention(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x_btd, cos, sin, mask_bts, ctx_k, ctx_v, ctx_mask):
+    def __call__(self, x_btd, cos, sin, plan: AttentionPlan, ctx_k, ctx_v):
         c = self.config
         b, t, _ = x_btd.shape
         q = Linear(c.num_attention_heads * c.head_dim, use_bias=False, dtype=self.dtype, name="q_proj")(x_btd)
@@ -49,8 +49,8 @@ class TextAttention(nn.Module):
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
-        context = None if ctx_k is None else (ctx_k.astype(k.dtype), ctx_v.astype(v.dtype), ctx_mask)
-        out = grouped_attention(q, k, v, mask_bts, scale=c.head_dim**-0.5, context=context)
+        context = None if ctx_k is None else (ctx_k.astype(k.dtype), ctx_v.astype(v.dtype))
+        out = attend(q, k, v, scale=c.head_dim**-0.5, plan=plan, context=context)
         out = Linear(c.hidden_size, use_bias=False, dtype=self.dtype, name="o_proj")(out.reshape(b, t, -1))
         return out, (k, v)
 
@@ -73,12 +73,11 @@ class DecoderLayer(nn.Module):
     return_kv: bool = False
 
     @nn.compact
-    def __call__(self, h_btd, xs, cos, sin, mask_bts, ctx_mask, deepstack_jbtd):
+    def __call__(self, h_btd, xs, cos, sin, plan, deepstack_jbtd):
         layer, ctx_k, ctx_v = xs
         c = self.config
         attn, kv = TextAttention(c, self.dtype, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(h_btd), cos, sin, mask_bts, ctx_k, ctx_v,
-            ctx_mask,
+            RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(h_btd), cos, sin, plan, ctx_k, ctx_v
         )
         h_btd = h_btd + attn
         h_btd = h_btd + TextMLP(c, self.dtype, name="mlp")(
@@ -99,6 +98,7 @@ class TextModel(nn.Module):
     remat_policy: str = "none"
     return_kv: bool = False
     clean_sees_noisy: bool = True
+    attention: AttentionConfig = AttentionConfig()
 
     def setup(self) -> None:
         c = self.config
@@ -110,7 +110,7 @@ class TextModel(nn.Module):
             layer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_hidden_layers,
         )(c, self.dtype, self.return_kv)
         self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
@@ -144,12 +144,11 @@ class TextModel(nn.Module):
         """
         c = self.config
         cos, sin = text_rope(positions_3bt, c.head_dim, c.rope_theta, c.mrope_section, x_btd.dtype)
-        mask_bts = attention_mask(info, info, self.clean_sees_noisy)
-        if context is None:
-            ctx_k = ctx_v = ctx_mask = None
-        else:
-            ctx_k, ctx_v = context.k, context.v
-            ctx_mask = attention_mask(info, context.info, self.clean_sees_noisy)
+        ctx_k = None if context is None else context.k
+        ctx_v = None if context is None else context.v
+        keys = info if context is None else context.info.concat(info)
+        # The mask (dense) or tile map (flash) is built once here and shared by every layer of the scan.
+        plan = plan_attention(info, keys, rule=TokenRule(self.clean_sees_noisy), config=self.attention)
         xs = (jnp.arange(c.num_hidden_layers), ctx_k, ctx_v)
-        h, kv = self.layers(x_btd, xs, cos, sin, mask_bts, ctx_mask, deepstack_jbtd)
+        h, kv = self.layers(x_btd, xs, cos, sin, plan, deepstack_jbtd)
         return self.norm(h), kv

@@ -19,7 +19,7 @@ import numpy as np
 
 from bard_jax.config import VisionConfig
 from bard_jax.errors import InputError
-from bard_jax.model.attention import grouped_attention
+from bard_jax.model.attention import AttentionConfig, AttentionPlan, SegmentRule, TokenInfo, attend, plan_attention
 from bard_jax.model.layers import Dtype, Embed, LayerNorm, Linear
 from bard_jax.model.rope import apply_rope, vision_rope
 
@@ -40,7 +40,7 @@ class VisionAttention(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x_pd: jax.Array, cos_ph: jax.Array, sin_ph: jax.Array, segment_p: jax.Array) -> jax.Array:
+    def __call__(self, x_pd: jax.Array, cos_ph: jax.Array, sin_ph: jax.Array, plan: AttentionPlan) -> jax.Array:
         c = self.config
         p = x_pd.shape[0]
         qkv = Linear(3 * c.hidden_size, dtype=self.dtype, name="qkv")(x_pd)
@@ -49,8 +49,7 @@ class VisionAttention(nn.Module):
         # Rotary in float32, then back to the compute dtype (as HF does).
         q = apply_rope(q.astype(jnp.float32), cos_ph, sin_ph).astype(v.dtype)
         k = apply_rope(k.astype(jnp.float32), cos_ph, sin_ph).astype(v.dtype)
-        mask = (segment_p[:, None] == segment_p[None, :])[None]
-        out = grouped_attention(q[None], k[None], v[None], mask, scale=c.head_dim**-0.5)[0]
+        out = attend(q[None], k[None], v[None], scale=c.head_dim**-0.5, plan=plan)[0]
         return Linear(c.hidden_size, dtype=self.dtype, name="proj")(out.reshape(p, c.hidden_size))
 
 
@@ -72,11 +71,11 @@ class VisionBlock(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, carry: tuple[jax.Array, jax.Array], layer: jax.Array, cos, sin, segment, tap_slot):
+    def __call__(self, carry: tuple[jax.Array, jax.Array], layer: jax.Array, cos, sin, plan, tap_slot):
         x, taps_kpd = carry
         c = self.config
         x = x + VisionAttention(c, self.dtype, name="attn")(
-            LayerNorm(c.layer_norm_eps, self.dtype, name="norm1")(x), cos, sin, segment
+            LayerNorm(c.layer_norm_eps, self.dtype, name="norm1")(x), cos, sin, plan
         )
         x = x + VisionMLP(c, self.dtype, name="mlp")(LayerNorm(c.layer_norm_eps, self.dtype, name="norm2")(x))
         if taps_kpd.shape[0]:
@@ -115,6 +114,7 @@ class VisionTower(nn.Module):
     config: VisionConfig
     dtype: Dtype | None = None
     remat_policy: str = "none"
+    attention: AttentionConfig = AttentionConfig()
 
     @nn.compact
     def __call__(self, pixels_pc: jax.Array, meta: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
@@ -151,7 +151,11 @@ class VisionTower(nn.Module):
             length=c.depth,
         )(c, self.dtype, name="blocks")
         taps0 = jnp.zeros((k,) + x.shape, x.dtype)
-        (x, taps_kpd), _ = blocks((x, taps0), jnp.arange(c.depth), cos, sin, meta["segment"], jnp.asarray(tap_slot))
+        # Attention stays inside a segment; padding rows (segment -1) form one more segment of their own.
+        seg = TokenInfo(block=meta["segment"][None], kind=jnp.zeros_like(meta["segment"])[None],
+                        valid=jnp.ones_like(meta["segment"], bool)[None])
+        plan = plan_attention(seg, seg, rule=SegmentRule(), config=self.attention)
+        (x, taps_kpd), _ = blocks((x, taps0), jnp.arange(c.depth), cos, sin, plan, jnp.asarray(tap_slot))
 
         merged = PatchMerger(c, postshuffle_norm=False, dtype=self.dtype, name="merger")(x)
         if k == 0:

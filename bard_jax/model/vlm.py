@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from bard_jax.config import ModelConfig
-from bard_jax.model.attention import TokenInfo
+from bard_jax.model.attention import AttentionConfig, TokenInfo
 from bard_jax.model.layers import Dtype, Linear
 from bard_jax.model.text import KVContext, TextModel
 from bard_jax.model.vision import VisionTower
@@ -30,12 +30,13 @@ class Qwen3VL(nn.Module):
     remat_policy: str = "none"
     return_kv: bool = False
     clean_sees_noisy: bool = True
+    attention: AttentionConfig = AttentionConfig()
 
     def setup(self) -> None:
         c = self.config
-        self.visual = VisionTower(c.vision, self.dtype, self.remat_policy)
+        self.visual = VisionTower(c.vision, self.dtype, self.remat_policy, self.attention)
         self.language_model = TextModel(
-            c.text, self.dtype, self.remat_policy, self.return_kv, self.clean_sees_noisy
+            c.text, self.dtype, self.remat_policy, self.return_kv, self.clean_sees_noisy, self.attention
         )
         if not c.tie_word_embeddings:
             self.lm_head = Linear(c.text.vocab_size, use_bias=False, dtype=self.dtype)
