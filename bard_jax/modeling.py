@@ -18,7 +18,8 @@ import numpy as np
 from bard_jax.config import ModelConfig
 from bard_jax.errors import InputError
 from bard_jax.model.attention import AttentionConfig, TokenInfo
-from bard_jax.model.inputs import check_inputs, check_length, text_positions, vision_inputs, window_index
+from bard_jax.model.hidden import hidden_states
+from bard_jax.model.inputs import VisionInputs, check_inputs, check_length, shared_vision, text_positions, vision_inputs
 from bard_jax.model.positions import vision_patch_metadata
 from bard_jax.model.vlm import Qwen3VL
 
@@ -137,7 +138,6 @@ def _forward_jit(
     model, input_ids, attention_mask, pixels, meta, image_grid_thw, video_grid_thw, *, num_image_windows, block_size
 ):
     net = network(model.config)
-    params = {"params": model.params}
     positions, _ = text_positions(model.config, input_ids, attention_mask, image_grid_thw, video_grid_thw)
     if block_size is None:
         info = TokenInfo.causal(attention_mask)
@@ -145,11 +145,9 @@ def _forward_jit(
         info = TokenInfo.block_causal(attention_mask, block_size)
     vision = None
     if pixels is not None:
-        vision = net.apply(params, pixels, meta, method=Qwen3VL.encode_vision)
-    windows = window_index(model.config, input_ids, num_image_windows)
-    x, deep = net.apply(params, input_ids, vision, windows, method=Qwen3VL.embed)
-    hidden, _ = net.apply(params, x, positions, info, deep, method=Qwen3VL.decode)
-    return net.apply(params, hidden, method=Qwen3VL.logits)
+        vision = shared_vision(model.config, VisionInputs(pixels, meta, num_image_windows), input_ids)
+    hidden, _ = hidden_states(net, model.params, input_ids, positions, info, vision=vision)
+    return net.apply({"params": model.params}, hidden, method=Qwen3VL.logits)
 
 
 def load_pretrained(path: str | os.PathLike, dtype: Any = "float32", mesh: Any = None) -> Model:

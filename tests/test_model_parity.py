@@ -221,3 +221,28 @@ def test_forward_compiles_once_per_bucket(models):
         sizes.append(jitted._cache_size())
     # jit caches are shared by every jax.jit of the same function: count what these calls added.
     assert sizes[1:] == [sizes[0]] * 2, f"recompiled within a bucket: cache sizes {sizes}"
+
+
+@pytest.fixture
+def flash_forced(monkeypatch):
+    """Every attention of the models through the flash implementation with small tiles (several per sequence)."""
+    monkeypatch.setenv("BARD_JAX_ATTENTION", "flash")
+    monkeypatch.setenv("BARD_JAX_ATTENTION_TILE", "8")
+    jax.clear_caches()  # the setting is read at trace time
+    yield
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+def test_flash_forced_padded_batch_with_images(models, flash_forced):
+    """The text model and the vision tower through flash match transformers (the whole suite can be run this way:
+    BARD_JAX_ATTENTION=flash BARD_JAX_ATTENTION_TILE=8 pytest tests/test_model_parity.py)."""
+    hf, model, _ = models
+    row_a = build_sequence([("t", 3), ("i", 6), ("t", 2), ("i", 4), ("t", 9)])
+    row_b = build_sequence([("t", 2), ("i", 4), ("t", 11)])
+    ids, types, mask = batch([row_a, row_b], left_pad=(True, False))
+    grid = np.array([[1, 4, 6], [1, 4, 4], [1, 4, 4]])
+    pv = pixels(grid)
+    ref = hf_logits(hf, ids, types, mask, pixel_values=pv, image_grid_thw=grid)
+    ours = bj.forward(model, ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid)
+    assert_close(ours, ref, mask)

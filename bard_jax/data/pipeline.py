@@ -7,6 +7,10 @@ global batch k holds stream positions [k*G, (k+1)*G) and this host takes its con
 is each example's global index (`example_index`), which keys its corruption, so a run is the same on any mesh and
 after a resume; the iterator state is just the next batch number (plus the skip counters).
 
+Shapes: each batch takes the smallest length, response and patch buckets that hold its largest example, so a batch
+of small images carries few pixel rows and a batch without any image carries no `pixel_values` / `image_grid_thw`
+at all (its step runs no vision tower). Each distinct set of shapes is its own compiled step.
+
 Samples that cannot be used (unreadable image, no assistant turn, empty response, unknown content type, too long
 for the largest bucket, malformed JSON) are skipped with a counted reason, or raise in strict mode; a skipped
 example is replaced by the next stream position after the batch's own range, so batches stay full and
@@ -57,7 +61,11 @@ class PipelineConfig:
     block_size: int = 4  # response padding / layout block size (1 for the AR objective)
     length_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192)
     response_buckets: tuple[int, ...] = (16, 64, 256, 1024, 4096)
-    pixel_rows: int = 256  # per-example pixel rows (static); images beyond are an error for that sample
+    # The most pixel rows one example may carry (the largest patch bucket; see `largest_patch_bucket`): a sample
+    # with more is skipped. Each batch takes the smallest patch bucket (of these and `patch_buckets`) that holds
+    # its largest example, and a batch without an image carries no pixel rows at all.
+    pixel_rows: int = 256
+    patch_buckets: tuple[int, ...] = ()  # smaller patch buckets (those >= pixel_rows are not used)
     max_images: int = 2
     seed: int = 0
     shard_index: int = 0  # this host
@@ -368,14 +376,43 @@ class TrainStream:
         slots = next((b for b in self.cfg.response_buckets if b >= r), r)
         slots = -(-slots // self.cfg.block_size) * self.cfg.block_size  # whole blocks
         batch = collate_packed(samples, bucket, slots)
-        n = len(samples)
-        batch["pixel_values"] = np.zeros((n, self.cfg.pixel_rows, self.patch_dim), np.float32)
-        batch["image_grid_thw"] = np.zeros((n, self.cfg.max_images, 3), np.int32)
-        for i, s in enumerate(samples):
-            batch["pixel_values"][i, : len(s["pixels"])] = s["pixels"]
-            batch["image_grid_thw"][i, : len(s["grid"])] = s["grid"]
+        batch.update(collate_images(samples, patch_buckets(self.cfg), self.cfg.max_images, self.patch_dim))
         batch["example_index"] = np.asarray([s["example_index"] for s in samples], np.int64)
         return batch
+
+
+def patch_buckets(cfg: PipelineConfig) -> tuple[int, ...]:
+    """The patch buckets a stream chooses from, ascending: `cfg.patch_buckets` below `cfg.pixel_rows`, then it."""
+    return tuple(sorted({b for b in cfg.patch_buckets if b < cfg.pixel_rows} | {cfg.pixel_rows}))
+
+
+def largest_patch_bucket(*, max_pixels: int, patch_size: int, merge_size: int, max_images: int,
+                         max_length: int) -> int:
+    """The most pixel rows a usable training sample can carry: `max_images` images at the processor's
+    `max_pixels` each, and no more image tokens (rows / merge_size**2) than the longest length bucket holds.
+
+    The resize keeps h * w <= max_pixels with h and w multiples of patch_size * merge_size, so an image has at
+    most max_pixels // (patch_size * merge_size)**2 merged windows of merge_size**2 rows each.
+    """
+    windows = max_pixels // (patch_size * merge_size) ** 2
+    return merge_size**2 * max(1, min(max_images * windows, max_length))
+
+
+def collate_images(samples: list[dict], buckets: tuple[int, ...], max_images: int, patch_dim: int
+                   ) -> dict[str, np.ndarray]:
+    """`pixel_values` [B, P, C] and `image_grid_thw` [B, I, 3] (I = max_images) of a batch, P the smallest of
+    `buckets` holding its largest example's rows (the rest zero rows, zero grid rows); nothing at all when no
+    example has an image, so that the step runs no vision tower for a text-only batch."""
+    if not any(len(s["grid"]) for s in samples):
+        return {}
+    need = max(len(s["pixels"]) for s in samples)
+    rows = next(b for b in buckets if b >= need)  # a sample beyond the largest bucket was skipped before
+    pixels = np.zeros((len(samples), rows, patch_dim), np.float32)
+    grid = np.zeros((len(samples), max_images, 3), np.int32)
+    for i, s in enumerate(samples):
+        pixels[i, : len(s["pixels"])] = s["pixels"]
+        grid[i, : len(s["grid"])] = s["grid"]
+    return {"pixel_values": pixels, "image_grid_thw": grid}
 
 
 def _counts(counter: Mapping[str, int]) -> str:

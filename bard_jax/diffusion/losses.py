@@ -21,7 +21,8 @@ from bard_jax.diffusion.layout import token_info
 from bard_jax.diffusion.noise import NoiseConfig, corrupt_batch
 from bard_jax.errors import InputError
 from bard_jax.model.attention import NOISY, AttentionConfig, TokenInfo
-from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
+from bard_jax.model.hidden import hidden_states
+from bard_jax.model.inputs import per_example_vision
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network, resolve_dtype
 
@@ -55,19 +56,15 @@ class ObjectiveConfig:
 
 
 def _hidden(model_config: ModelConfig, obj: ObjectiveConfig, params: Any, batch: dict, info: TokenInfo):
-    """Final hidden states [B, L, D] of a (packed or plain) batch."""
+    """(network, variables, final hidden states [B, L, D]) of a (packed or plain) batch. A batch without
+    `pixel_values` (text only) runs no vision tower; with them, each example's tower runs on its own rows."""
     net = network(model_config, resolve_dtype(obj.compute_dtype), obj.remat_policy, False, obj.clean_sees_noisy,
                   obj.attention)
-    p = {"params": params}
     vision = None
-    windows = None
     if "pixel_values" in batch:
-        pix, meta, windows = batched_vision_inputs(model_config, batch["pixel_values"], batch["image_grid_thw"],
-                                                   batch["input_ids"])
-        vision = encode_vision_per_example(net, p, pix, meta)
-    x, deep = net.apply(p, batch["input_ids"], vision, windows, method=Qwen3VL.embed)
-    h, _ = net.apply(p, x, batch["positions"], info, deep, method=Qwen3VL.decode)
-    return net, p, h
+        vision = per_example_vision(model_config, batch["pixel_values"], batch["image_grid_thw"], batch["input_ids"])
+    h, _ = hidden_states(net, params, batch["input_ids"], batch["positions"], info, vision=vision)
+    return net, {"params": params}, h
 
 
 def _chunked(fn, chunk: int, *arrays):

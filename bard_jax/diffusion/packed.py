@@ -9,7 +9,8 @@ import numpy as np
 
 from bard_jax.diffusion.layout import collate_packed, pack_sample, token_info
 from bard_jax.errors import InputError
-from bard_jax.model.inputs import batched_vision_inputs, encode_vision_per_example
+from bard_jax.model.hidden import hidden_states
+from bard_jax.model.inputs import per_example_vision
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
 
@@ -44,12 +45,10 @@ def packed_logits(
     sample["input_ids"][-r:] = noisy
     batch = {k: jnp.asarray(v) for k, v in collate_packed([sample], len(sample["input_ids"]), r).items()}
     net = network(c, None, "none", False, clean_sees_noisy)
-    p = {"params": model.params}
-    vision, windows = None, None
+    vision = None
     if pixel_values is not None:
-        pixels = jnp.asarray(pixel_values)[None]
-        pix, meta, windows = batched_vision_inputs(c, pixels, jnp.asarray(image_grid_thw)[None], batch["input_ids"])
-        vision = encode_vision_per_example(net, p, pix, meta)
-    x, deep = net.apply(p, batch["input_ids"], vision, windows, method=Qwen3VL.embed)
-    h, _ = net.apply(p, x, batch["positions"], token_info(batch, block_size), deep, method=Qwen3VL.decode)
-    return net.apply(p, h[0, -r:], method=Qwen3VL.logits)
+        vision = per_example_vision(c, jnp.asarray(pixel_values)[None], jnp.asarray(image_grid_thw)[None],
+                                    batch["input_ids"])
+    h, _ = hidden_states(net, model.params, batch["input_ids"], batch["positions"], token_info(batch, block_size),
+                         vision=vision)
+    return net.apply({"params": model.params}, h[0, -r:], method=Qwen3VL.logits)

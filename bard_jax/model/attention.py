@@ -10,6 +10,10 @@ rule, and `attend` builds what its implementation needs (`AttentionConfig.impl`)
 * flash: `bard_jax.model.flash`, memory linear in the length, empty tiles skipped;
 * auto: flash when there are at least two query tiles and two key tiles, else dense.
 
+Environment overrides for a whole process (debugging, and the test runs that force flash through every model test):
+`BARD_JAX_ATTENTION=dense|flash` replaces `auto`, `BARD_JAX_ATTENTION_TILE=N` both tile sizes. They are read when a
+function is traced: call `jax.clear_caches()` after changing them in a running process.
+
 The metadata is turned into a plan once per forward (`plan_attention`) and the plan is shared by all layers.
 
 One rule covers every mode of the project:
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import flax.struct
@@ -149,10 +154,25 @@ class AttentionConfig:
                 raise InputError(f"attention {name} must be an int >= 1, got {value!r}")
 
     def resolve(self, t: int, s: int) -> str:
-        """The implementation used for T queries against S keys."""
-        if self.impl != "auto":
-            return self.impl
-        return "flash" if t >= 2 * self.q_tile and s >= 2 * self.k_tile else "dense"
+        """The implementation used for T queries against S keys (`auto` gives way to BARD_JAX_ATTENTION)."""
+        impl = self.impl
+        if impl == "auto":
+            impl = os.environ.get("BARD_JAX_ATTENTION", "auto") or "auto"
+            if impl not in IMPLS:
+                raise InputError(f"BARD_JAX_ATTENTION={impl!r}; expected one of {IMPLS}")
+        if impl != "auto":
+            return impl
+        q_tile, k_tile = self.tiles()
+        return "flash" if t >= 2 * q_tile and s >= 2 * k_tile else "dense"
+
+    def tiles(self) -> tuple[int, int]:
+        """(q_tile, k_tile), or both BARD_JAX_ATTENTION_TILE when that is set."""
+        forced = os.environ.get("BARD_JAX_ATTENTION_TILE", "")
+        if not forced:
+            return self.q_tile, self.k_tile
+        if not forced.isdigit() or int(forced) < 1:
+            raise InputError(f"BARD_JAX_ATTENTION_TILE={forced!r}; expected an int >= 1")
+        return int(forced), int(forced)
 
 
 @flax.struct.dataclass
@@ -218,7 +238,8 @@ def plan_attention(q_info: TokenInfo, k_info: TokenInfo, *, rule: Any, config: A
     impl = config.resolve(t, s)
     if impl == "dense":
         return AttentionPlan(mask=rule(q_info, k_info), q_info=None, k_info=None, tiles=None, impl=impl, rule=rule)
-    tq, tk = min(config.q_tile, t), min(config.k_tile, s)
+    q_tile, k_tile = config.tiles()
+    tq, tk = min(q_tile, t), min(k_tile, s)
     nq, nk = math.ceil(t / tq), math.ceil(s / tk)
     q_pad, k_pad = _pad_info(q_info, nq * tq), _pad_info(k_info, nk * tk)
     tiles = plan_tiles(q_pad, k_pad, rule, tq, tk, config.skip_empty_tiles)

@@ -1,6 +1,6 @@
 """Turn user-facing model inputs (ids, padding mask, pixel rows, grids) into what the network consumes.
 
-Letters: B batch, T tokens, P pixel rows, I grid rows.
+Letters: B batch, T tokens, G vision groups, P pixel rows, C patch values, I grid rows.
 
 All of it is jax.numpy with static shapes, so it runs inside `jax.jit`: the number of pixel rows and grid rows is
 static, their values are data. The exception is `check_inputs` / `check_length`: plain numpy on the host values,
@@ -19,7 +19,6 @@ import numpy as np
 from bard_jax.config import ModelConfig
 from bard_jax.errors import InputError
 from bard_jax.model.positions import rope_position_ids, vision_patch_metadata
-from bard_jax.model.vlm import Qwen3VL
 
 
 class VisionInputs(NamedTuple):
@@ -280,21 +279,37 @@ def text_positions(
     )
 
 
-def batched_vision_inputs(
-    config: ModelConfig, pixels_bpc: jax.Array, grid_bi3: jax.Array, input_ids_bt: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
-    """Vision inputs kept per example (the layout that shards over the batch axis).
+class VisionBatch(NamedTuple):
+    """Pixel rows in groups that the tower encodes one by one, and where each pad token finds its window.
+
+    A group is either one example's rows (G = B, the training layout: the batch axis stays sharded and every
+    example's pads take that example's own windows) or the whole batch's rows concatenated (G = 1, shared by all
+    rows: the layout of `bj.forward` and the samplers).
+    """
+
+    pixels: jax.Array  # [G, P, C]
+    meta: dict[str, jax.Array]  # per-patch metadata, each [G, P, ...]
+    windows: jax.Array  # [B, T]: the merged window (of its row's group) each image/video pad takes; 0 elsewhere
+
+
+def shared_vision(config: ModelConfig, vision: VisionInputs, input_ids_bt: jax.Array) -> VisionBatch:
+    """One group holding every pixel row of the batch (`vision_inputs`), windows counted over the flattened batch
+    (`window_index`)."""
+    return VisionBatch(vision.pixels_pc[None], {k: v[None] for k, v in vision.meta.items()},
+                       window_index(config, input_ids_bt, vision.num_image_windows))
+
+
+def per_example_vision(config: ModelConfig, pixels_bpc: jax.Array, grid_bi3: jax.Array, input_ids_bt: jax.Array
+                       ) -> VisionBatch:
+    """One group per example (images only, as training batches hold).
 
     Args:
       pixels_bpc: [B, P, C] each example's pixel rows (its images in order, then padding rows).
       grid_bi3: [B, I, 3] each example's image grids (zero rows = padding).
-      input_ids_bt: [B, T] token ids (image pads take their own example's windows, in order).
-    Returns:
-      pixels [B, P, C], patch metadata [B, P, ...] per example, and the window index [B, T] into the
-      [B * P / merge_unit] rows that `encode_vision_per_example` returns.
+      input_ids_bt: [B, T] token ids; the k-th image pad of row b takes window k of example b.
     """
     v = config.vision
-    b, p, c = pixels_bpc.shape
+    p = pixels_bpc.shape[1]
     if p % v.merge_unit:
         raise InputError(f"per-example pixel rows {p} not a multiple of the merge unit {v.merge_unit}")
 
@@ -305,19 +320,5 @@ def batched_vision_inputs(
 
     meta = jax.vmap(one)(jnp.asarray(grid_bi3, jnp.int32))
     is_img = input_ids_bt == config.image_token_id
-    rank = jnp.cumsum(is_img, axis=-1) - 1
-    offset = (jnp.arange(b, dtype=jnp.int32) * (p // v.merge_unit))[:, None]
-    windows = jnp.where(is_img, rank + offset, 0).astype(jnp.int32)
-    return jnp.asarray(pixels_bpc), meta, windows
-
-
-def encode_vision_per_example(net: Any, variables: Any, pixels_bpc: jax.Array, meta_bp: dict[str, jax.Array]
-                              ) -> tuple[jax.Array, jax.Array]:
-    """The vision tower run on each example's rows separately (vmapped over the batch axis, so attention and its
-    memory stay per example and the batch axis stays sharded). Returns merged windows [B * M, D] and deepstack
-    rows [J, B * M, D] (M = P / merge_unit), the layout `Qwen3VL.embed` takes with the window index above."""
-    merged_bmd, deep_bjmd = jax.vmap(lambda x, m: net.apply(variables, x, m, method=Qwen3VL.encode_vision))(
-        pixels_bpc, meta_bp)
-    b, m, d = merged_bmd.shape
-    deep_jbmd = jnp.moveaxis(deep_bjmd, 0, 1)
-    return merged_bmd.reshape(b * m, d), deep_jbmd.reshape(deep_jbmd.shape[0], b * m, d)
+    windows = jnp.where(is_img, jnp.cumsum(is_img, axis=-1) - 1, 0).astype(jnp.int32)
+    return VisionBatch(jnp.asarray(pixels_bpc), meta, windows)

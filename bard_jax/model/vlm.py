@@ -5,6 +5,7 @@ Letters: B batch, T tokens, P vision patches, M merged windows, J deepstack sets
 Entry points (use with `module.apply({"params": params}, ..., method=...)`):
   encode_vision(pixels, meta)            -> window embeddings [M, D], deepstack [J, M, D]
   embed(input_ids, vision, window_index) -> input embeddings [B, T, D], deepstack rows [J, B, T, D]
+                                           (vision: windows in groups, [G, M, D] and [G, J, M, D])
   decode(x, positions, info, deepstack, context) -> hidden [B, T, D], current (k, v) or None
   logits(hidden)                          -> [..., V] (tied or untied head)
 """
@@ -50,26 +51,33 @@ class Qwen3VL(nn.Module):
         vision: tuple[jax.Array, jax.Array] | None = None,
         window_index_bt: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Token embeddings with the vision windows scattered into the pad positions.
+        """Token embeddings with the vision windows put at the image/video pad positions.
 
-        `window_index_bt` [B, T] gives, for each image/video pad token, the row of `vision` (merged windows
-        [M, D], deepstack [J, M, D]) it takes (see `bard_jax.model.inputs.window_index`). Returns x [B, T, D]
-        and the deepstack rows [J, B, T, D] (zero at text positions).
+        `vision` is the tower's output in groups, merged windows [G, M, D] and deepstack [G, J, M, D], where G is
+        B (row b takes its windows from group b: the merge stays inside each example, so a sharded batch axis
+        needs no gather across it) or 1 (one group shared by every row); a single group may also come without
+        its axis ([M, D], [J, M, D]). `window_index_bt` [B, T] gives, for each pad token, its window within the
+        group (see `bard_jax.model.inputs`). Returns x [B, T, D] and the deepstack rows [J, B, T, D] (zero at
+        text positions).
         """
         c = self.config
         x = self.language_model.embed(ids_bt)
         if vision is None:
             return x, jnp.zeros((0,) + x.shape, x.dtype)
-        merged_md, deep_jmd = vision
+        merged_gmd, deep_gjmd = vision
+        if merged_gmd.ndim == 2:
+            merged_gmd, deep_gjmd = merged_gmd[None], deep_gjmd[None]
         if getattr(window_index_bt, "shape", None) != ids_bt.shape:
             raise TypeError(
-                "embed needs window_index_bt [B, T] (bard_jax.model.inputs.window_index), got "
+                "embed needs window_index_bt [B, T] (bard_jax.model.inputs), got "
                 f"{type(window_index_bt).__name__} {getattr(window_index_bt, 'shape', '')}"
             )
         is_vis = ((ids_bt == c.image_token_id) | (ids_bt == c.video_token_id))[..., None]
-        src = jnp.clip(window_index_bt, 0, merged_md.shape[0] - 1)
-        x = jnp.where(is_vis, merged_md[src].astype(x.dtype), x)
-        deep = jnp.where(is_vis[None], deep_jmd[:, src].astype(x.dtype), jnp.zeros((), x.dtype))
+        src_bt1 = jnp.clip(window_index_bt, 0, merged_gmd.shape[1] - 1)[..., None]
+        # A gather along the window axis, per row (G = B) or from the one shared group (G = 1, broadcast).
+        x = jnp.where(is_vis, jnp.take_along_axis(merged_gmd, src_bt1, axis=1).astype(x.dtype), x)
+        deep_jbtd = jnp.take_along_axis(jnp.moveaxis(deep_gjmd, 1, 0), src_bt1[None], axis=2)
+        deep = jnp.where(is_vis[None], deep_jbtd.astype(x.dtype), jnp.zeros((), x.dtype))
         return x, deep
 
     def decode(

@@ -18,7 +18,8 @@ import numpy as np
 
 from bard_jax.errors import InputError
 from bard_jax.model.attention import TokenInfo
-from bard_jax.model.inputs import text_positions, vision_inputs, window_index
+from bard_jax.model.hidden import hidden_states
+from bard_jax.model.inputs import VisionInputs, shared_vision, text_positions, vision_inputs
 from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
@@ -66,26 +67,24 @@ def _step_logits(net, params, token_b, position_b, carry: ARCarry, slot):
     ctx = KVContext(carry.cache_k, carry.cache_v,
                     TokenInfo(block=jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots)),
                               kind=jnp.zeros((b, slots), jnp.int32), valid=carry.cache_valid))
-    x, deep = net.apply(params, token_b[:, None], method=Qwen3VL.embed)
     pos = jnp.broadcast_to(position_b[None, :, None], (3, b, 1))
-    h, kv = net.apply(params, x, pos, info, deep, ctx, method=Qwen3VL.decode)
-    return net.apply(params, h[:, 0], method=Qwen3VL.logits), kv
+    h, kv = hidden_states(net, params, token_b[:, None], pos, info, context=ctx)
+    return net.apply({"params": params}, h[:, 0], method=Qwen3VL.logits), kv
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_image_windows"))
 def _generate_ar_jit(model: Model, input_ids, mask, pixels, meta, image_grid_thw, video_grid_thw, key, *, cfg,
                      num_image_windows):
     c = model.config
-    net, params = network(c, None, "none", True), {"params": model.params}
+    net, params = network(c, None, "none", True), model.params
     b, p = input_ids.shape
     positions, next_pos = text_positions(c, input_ids, mask, image_grid_thw, video_grid_thw)
-    vision, windows = None, None
-    if pixels is not None:
-        vision = net.apply(params, pixels, meta, method=Qwen3VL.encode_vision)
-        windows = window_index(c, input_ids, num_image_windows)
-    x, deep = net.apply(params, input_ids, vision, windows, method=Qwen3VL.embed)
-    h, (k, v) = net.apply(params, x, positions, TokenInfo.causal(mask), deep, method=Qwen3VL.decode)
-    last = net.apply(params, h[:, -1], method=Qwen3VL.logits)  # prompts are left-padded: the last slot is real
+    vision = None
+    if pixels is not None:  # the prompts' pixel rows concatenated over the batch: one shared vision group
+        vision = shared_vision(c, VisionInputs(pixels, meta, num_image_windows), input_ids)
+    h, (k, v) = hidden_states(net, params, input_ids, positions, TokenInfo.causal(mask), vision=vision)
+    # Prompts are left-padded: the last slot is real.
+    last = net.apply({"params": params}, h[:, -1], method=Qwen3VL.logits)
     slots = p + cfg.max_new_tokens
     shape = k.shape[:2] + (slots,) + k.shape[3:]
     key, sub = jax.random.split(key)

@@ -21,7 +21,8 @@ import numpy as np
 
 from bard_jax.errors import InputError
 from bard_jax.model.attention import PLAIN, TokenInfo
-from bard_jax.model.inputs import check_inputs, check_length, text_positions, vision_inputs, window_index
+from bard_jax.model.hidden import hidden_states
+from bard_jax.model.inputs import VisionInputs, check_inputs, check_length, shared_vision, text_positions, vision_inputs
 from bard_jax.model.positions import response_positions
 from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
@@ -61,9 +62,8 @@ def _forward_block(net, params, tokens_bt, positions_3bt, carry: Carry):
     )
     ctx = KVContext(carry.cache_k, carry.cache_v,
                     TokenInfo(block=carry.cache_block, kind=jnp.zeros_like(carry.cache_block), valid=carry.cache_valid))
-    x, deep = net.apply(params, tokens_bt, method=Qwen3VL.embed)
-    h, kv = net.apply(params, x, positions_3bt, info, deep, ctx, method=Qwen3VL.decode)
-    return net.apply(params, h, method=Qwen3VL.logits), kv
+    h, kv = hidden_states(net, params, tokens_bt, positions_3bt, info, context=ctx)
+    return net.apply({"params": params}, h, method=Qwen3VL.logits), kv
 
 
 def _write_cache(carry: Carry, kv, start, block_index) -> Carry:
@@ -80,19 +80,16 @@ def _write_cache(carry: Carry, kv, start, block_index) -> Carry:
     )
 
 
-def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, pixels, meta, num_image_windows,
+def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, vision: VisionInputs | None,
              image_grid_thw, video_grid_thw, key):
     """Run the prompt with the block-causal prompt mask; return the initial carry and next positions [B]."""
     c = net.config
     b, p = input_ids.shape
     positions, next_pos = text_positions(c, input_ids, attention_mask, image_grid_thw, video_grid_thw)
     info = TokenInfo.block_causal(attention_mask, cfg.block_size)
-    vision, windows = None, None
-    if pixels is not None:
-        vision = net.apply(params, pixels, meta, method=Qwen3VL.encode_vision)
-        windows = window_index(c, input_ids, num_image_windows)
-    x, deep = net.apply(params, input_ids, vision, windows, method=Qwen3VL.embed)
-    _, (k, v) = net.apply(params, x, positions, info, deep, method=Qwen3VL.decode)
+    # The prompts' pixel rows stay concatenated over the batch (one vision group shared by all rows).
+    groups = None if vision is None else shared_vision(c, vision, input_ids)
+    _, (k, v) = hidden_states(net, params, input_ids, positions, info, vision=groups)
     slots = p + cfg.num_blocks * cfg.block_size
     shape = k.shape[:2] + (slots,) + k.shape[3:]
     prompt_blocks = jnp.max(info.block, axis=-1) + 1  # per row: ceil(real prompt length / b)
@@ -168,14 +165,14 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
 def _prefill_jit(model: Model, input_ids, attention_mask, pixels, meta, image_grid_thw, video_grid_thw, key, *,
                  cfg, num_image_windows):
     net = network(model.config, None, "none", True)
-    return _prefill(net, {"params": model.params}, cfg, input_ids, attention_mask, pixels, meta, num_image_windows,
-                    image_grid_thw, video_grid_thw, key)
+    vision = None if pixels is None else VisionInputs(pixels, meta, num_image_windows)
+    return _prefill(net, model.params, cfg, input_ids, attention_mask, vision, image_grid_thw, video_grid_thw, key)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("carry",))
 def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, threshold, *, cfg):
     net = network(model.config, None, "none", True)
-    return _decode(net, {"params": model.params}, cfg, carry, next_pos, prompt_blocks, threshold,
+    return _decode(net, model.params, cfg, carry, next_pos, prompt_blocks, threshold,
                    carry.cache_valid.shape[1] - cfg.num_blocks * cfg.block_size)
 
 
