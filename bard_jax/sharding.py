@@ -3,18 +3,20 @@
 A mesh has axes (data, fsdp, tensor). Every parameter gets logical axis names from `PARAM_AXES` (matched on its
 path, e.g. "language_model/layers/self_attn/q_proj/kernel"); `LOGICAL_RULES` maps logical names to mesh axes.
 A mesh axis that does not divide a dimension is dropped for that dimension (the dimension is replicated), so any
-model runs on any mesh; the dry run reports what ends up sharded.
+model runs on any mesh; the dry run reports what ends up sharded. Two divisions are required instead, by
+`check_mesh_divides`: the batch axes must divide the micro-batch (each device gets whole examples) and the tensor axis
+the attention heads (each device gets whole heads).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from bard_jax.errors import InputError
 
@@ -55,7 +57,14 @@ PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh. One entry may be -1 (fill with the remaining devices)."""
+    """A (data, fsdp, tensor) mesh over `devices` (default: all). One entry may be -1 (fill with the remaining
+    devices).
+
+    The devices are laid out by `jax.make_mesh`, which follows the physical topology (on a TPU slice or a GPU host
+    the inner axes get the nearest neighbours, so the tensor axis' frequent collectives take the fastest links); a
+    plain reshape of the device list would ignore it. The axes are `Auto`: shardings propagate from the parameters
+    and the batch, as with `jax.sharding.Mesh`.
+    """
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape)
     if len(shape) != 3:
@@ -72,7 +81,37 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None =
             f"mesh (data, fsdp, tensor) = {tuple(shape)} needs {int(np.prod(shape))} devices, "
             f"but {len(devices)} are available"
         )
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways the example axis is split (the mesh axes of the logical "batch" axis)."""
+    return int(np.prod([mesh.shape[ax] for ax in LOGICAL_RULES["batch"]]))
+
+
+def check_mesh_divides(mesh: Mesh, micro_batch: tuple[str, int], heads: Mapping[str, int]) -> None:
+    """InputError unless the mesh can split the work evenly, before anything is placed or compiled.
+
+    `micro_batch` is (its name, for the message; its size): the examples of one micro-batch are split over the batch
+    axes (data x fsdp), whole examples per device. `heads` maps a name ("text query heads", ...) to a head count: the
+    tensor axis splits attention by heads, and a count it does not divide would leave heads cut across devices or
+    (where the rules drop the axis) the projections replicated, silently.
+    """
+    name, size = micro_batch
+    ways = batch_shards(mesh)
+    if size % ways:
+        raise InputError(
+            f"{name} {size} is not a multiple of the mesh's batch shards (data {mesh.shape['data']} x fsdp "
+            f"{mesh.shape['fsdp']} = {ways}): each micro-batch is split over them; set {name} to a multiple of "
+            f"{ways}"
+        )
+    tensor = mesh.shape["tensor"]
+    uneven = [f"{what} ({n})" for what, n in heads.items() if n % tensor]
+    if uneven:
+        raise InputError(
+            f"the mesh's tensor axis ({tensor}) does not divide the {', '.join(uneven)}: attention is split over it "
+            f"by whole heads; use a tensor size that divides every head count"
+        )
 
 
 def path_str(path: tuple[Any, ...]) -> str:

@@ -1,5 +1,6 @@
 """Two processes on loopback (jax.distributed, gloo CPU collectives, 2 processes x 4 fake devices) train like one
-process on 8 devices with the same mesh; a SIGTERM that reaches one process stops both after the same step.
+process on 8 devices with the same mesh; a SIGTERM that reaches one process stops both after the same step (both
+save it and exit 75); a non-finite loss stops both, naming the examples of both.
 
 Slow (each case runs three or four training processes, ~1-2 min): run with `pytest -m slow`.
 """
@@ -46,10 +47,10 @@ def one_process(workdir, data, steps):
     assert r.returncode == 0, r.stderr[-4000:]
 
 
-def start_two(workdir, data, steps, tag=""):
+def start_two(workdir, data, steps, *extra, tag=""):
     port = free_port()
     logs = [open(workdir.parent / f"{workdir.name}{tag}.p{i}.log", "w+") for i in (0, 1)]
-    procs = [subprocess.Popen(command(workdir, data, steps, "--coordinator", f"127.0.0.1:{port}",
+    procs = [subprocess.Popen(command(workdir, data, steps, *extra, "--coordinator", f"127.0.0.1:{port}",
                                       "--num-processes", "2", "--process-id", str(i)),
                               stdout=logs[i], stderr=subprocess.STDOUT, cwd=REPO,
                               env=env(4, workdir.parent / "jax_cache"))
@@ -102,7 +103,9 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_resumes(tmp_p
     data = tmp_path / "data"
     steps = 10
     two = tmp_path / "two"
-    procs, logs = start_two(two, data, steps)
+    # The processes agree every other step (reading the vote of the step before): a stop lands within 3 steps.
+    agree = ("--recipe.stop_check_every", "2")
+    procs, logs = start_two(two, data, steps, *agree)
     metrics = two / "metrics.jsonl"
     deadline = time.time() + 400
     while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -117,9 +120,23 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_resumes(tmp_p
     assert f"stop requested by another process: saved step {stopped}, exiting" in outs[0], outs[0][-3000:]
     assert os.listdir(two / "checkpoints") == [str(stopped)] and not (two / "export").exists()
 
-    outs = finish(*start_two(two, data, steps, tag=".resumed"))  # the same command resumes on both processes
+    outs = finish(*start_two(two, data, steps, *agree, tag=".resumed"))  # the same command resumes on both processes
     assert f"steps {stopped}->{steps}" in outs[0]
     assert [json.loads(line)["step"] for line in open(metrics)] == list(range(1, steps + 1))
     one = tmp_path / "one"
     one_process(one, data, steps)
     assert_same_training(two, one)
+
+
+def test_non_finite_loss_stops_both_processes_naming_the_examples_of_both(tmp_path):
+    """As test_train_failures' single-process case: a huge learning rate makes step 2 overflow. Each process holds
+    half of the global batch (stream positions 8..11 and 12..15); the error names all eight."""
+    data = tmp_path / "data"
+    two = tmp_path / "two"
+    procs, logs = start_two(two, data, 6, "--recipe.ckpt_every", "1", "--recipe.optim.language.peak_lr", "1e30",
+                            "--recipe.optim.vision.peak_lr", "1e30")
+    outs = finish(procs, logs, status=1)
+    for out in outs:
+        assert ("non-finite loss at step 2 (loss=nan, grad_norm=nan) on examples [8, 9, 10, 11, 12, 13, 14, 15]; "
+                "the update was not applied and the last good checkpoint (1) is kept in" in out), out[-3000:]
+    assert os.listdir(two / "checkpoints") == ["1"]

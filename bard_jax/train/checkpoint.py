@@ -5,6 +5,13 @@ Restoring goes straight into the target shardings (never whole on one device). A
 different recipe shape is refused with a message that names the differences. A checkpoint that cannot be read
 (truncated or corrupted files) is named with the file at fault and set aside as `STEP.unreadable-N` (nothing is
 deleted); the run resumes from the newest readable one, or stops if there is none.
+
+Saves are asynchronous: `save` returns once the arrays are copied to host memory (so the loop may donate and
+overwrite them at once) and orbax writes the files in a background thread while training goes on. A save finishes
+before the next one starts and before `wait_until_finished` / `close` return; the loop calls one of them on every way
+out. Each save is atomic: orbax writes `STEP.orbax-checkpoint-tmp` and renames it to `STEP` only once everything is
+written, so a process killed mid-save leaves a temporary directory that no restore considers (and the next
+Checkpointer removes), never a `STEP` that looks complete.
 """
 
 from __future__ import annotations
@@ -37,19 +44,32 @@ class Checkpointer:
         os.makedirs(self.directory, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=True,
+                # A killed save's STEP.orbax-checkpoint-tmp would otherwise stay forever (restore ignores it).
+                cleanup_tmp_directories=True,
+            ),
         )
 
     def latest_step(self) -> int | None:
+        self.wait_until_finished()
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = True) -> None:
-        """Write `state` (a pytree of arrays) and `meta` (JSON-serialisable) as checkpoint `step`."""
+        """Start writing `state` (a pytree of arrays) and `meta` (JSON-serialisable) as checkpoint `step`.
+
+        Returns once `state` is copied to host memory; the files are written in the background. The previous save
+        is finished first (and its error, if it failed, raised here).
+        """
+        self.wait_until_finished()
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=force,
         )
+
+    def wait_until_finished(self) -> None:
+        """Block until the save in progress (if any) is written and committed."""
         self.manager.wait_until_finished()
 
     def read_meta(self, step: int) -> dict[str, Any]:
@@ -86,6 +106,7 @@ class Checkpointer:
         CheckpointMismatchError at once. When checkpoints exist but none can be read, UnreadableCheckpointError
         names each one and nothing is renamed, so a re-run says the same instead of starting from step 0.
         """
+        self.wait_until_finished()  # a save of this process still being written is the newest checkpoint
         broken: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
@@ -125,6 +146,7 @@ class Checkpointer:
         return target
 
     def close(self) -> None:
+        """Finish the save in progress and release orbax's threads."""
         self.manager.close()
 
 

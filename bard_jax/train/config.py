@@ -8,6 +8,7 @@ from typing import Any
 
 from bard_jax.diffusion.losses import OBJECTIVES
 from bard_jax.diffusion.noise import PRIORS
+from bard_jax.model.attention import IMPLS as ATTENTION_IMPLS
 from bard_jax.model.vision import REMAT_POLICIES as VISION_REMAT_POLICIES
 from bard_jax.modeling import DTYPES as MODEL_DTYPES
 from bard_jax.train.optimizer import MERGER_GROUPS, GroupSchedule, OptimizerConfig
@@ -25,6 +26,10 @@ class ModelSection:
     param_dtype: str = "float32"  # master weights
     compute_dtype: str = "bfloat16"  # activations and matmuls ("float32" for exactness tests)
     remat_policy: str = "none"  # none | full | dots
+    # Attention implementation (bard_jax.model.attention): auto (flash from two tiles of queries and keys up,
+    # else dense) | dense | flash; the flash tile size (queries and keys).
+    attention: str = "auto"
+    attention_tile: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +104,10 @@ class TrainConfig:
     # Stop (checkpoint and exit, as on SIGTERM) once this step is reached; 0 = run to `steps`. Lets a job
     # scheduler slice a run into time-limited pieces; re-running the same command resumes.
     stop_at_step: int = 0
+    # Several processes: how often (in steps) they agree on a stop request (SIGTERM to any of them). Each read waits
+    # for the step before the one just dispatched, so the device does not idle for it; a larger value spaces the
+    # reads out and lets a stop take up to that many steps more. One process reads nothing.
+    stop_check_every: int = 1
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     objective: ObjectiveSection = ObjectiveSection()
@@ -138,7 +147,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     def need(key: str, ok: bool, what: str) -> None:
         if not ok and key not in not_finite:
             problems.append(f"{key} = {_value_at(cfg, key)!r}: {what}")
-    for key in ("steps", "log_every", "ckpt_every", "keep_checkpoints", "data.global_batch_size",
+    for key in ("steps", "log_every", "ckpt_every", "stop_check_every", "keep_checkpoints", "data.global_batch_size",
                 "data.micro_batch_size", "data.max_images", "objective.block_size"):
         need(key, _value_at(cfg, key) >= 1, "must be >= 1")
     for key in ("stop_at_step", "data.workers", "data.prefetch", "data.synthetic_eval_n", "data.min_pixels",
@@ -178,6 +187,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     need("model.param_dtype", m.param_dtype in DTYPES, f"must be one of {DTYPES}")
     need("model.compute_dtype", m.compute_dtype in DTYPES, f"must be one of {DTYPES}")
     need("model.remat_policy", m.remat_policy in REMAT_POLICIES, f"must be one of {REMAT_POLICIES}")
+    need("model.attention", m.attention in ATTENTION_IMPLS, f"must be one of {ATTENTION_IMPLS}")
+    need("model.attention_tile", not isinstance(m.attention_tile, bool) and isinstance(m.attention_tile, int)
+         and m.attention_tile >= 1, "must be an int >= 1")
     for key in ("mesh.data", "mesh.fsdp", "mesh.tensor"):
         need(key, _value_at(cfg, key) >= 1 or _value_at(cfg, key) == -1, "must be >= 1, or -1 for the rest")
     if problems:

@@ -1,7 +1,11 @@
 """`python -m bard_jax.train --recipe recipes/NAME.py [--workdir DIR] [--dry-run] [--recipe.KEY=VALUE ...]`.
 
-One readable `main()` in sections: config, distributed init, mesh, data, model and state (init or restore),
-compile, loop (log, checkpoint, stop on signal or non-finite loss), export.
+One readable `main()` in sections: config, distributed init, mesh, data, the step plan (`setup.plan_step`, shared
+with the dry run), state (init or restore), loop (check, log, checkpoint, stop on signal or non-finite loss), export.
+
+The loop never waits for the device on a step it has just dispatched: the metrics stay device arrays until a check
+(log interval, save, end) fetches them all, the NaN guard is applied on the device (`step.py`), and checkpoints are
+written in the background (`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -11,24 +15,21 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from bard_jax import cli
 from bard_jax.data.pipeline import StopRequested
-from bard_jax.errors import BardError
-from bard_jax.sharding import make_mesh, param_shardings, replicated
+from bard_jax.errors import BardError, InputError
+from bard_jax.sharding import check_mesh_divides, make_mesh
 from bard_jax.train import recipe as recipe_lib
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
 from bard_jax.train.config import TrainConfig, check_train_config
-from bard_jax.train.metrics import MetricsWriter
-from bard_jax.train.optimizer import make_optimizer, trainable_mask
+from bard_jax.train.metrics import MetricsWriter, NonFiniteStep, PendingSteps
 from bard_jax.train.signals import StopFlag
-from bard_jax.train.step import TrainState, init_state, make_train_step
+from bard_jax.train.step import TrainState, init_state
 
 
 class TrainingError(BardError, RuntimeError):
@@ -41,6 +42,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--recipe", required=True, help="recipe file (recipes/NAME.py)")
     parser.add_argument("--workdir", default=None, help="output directory (default: the recipe's, or runs/NAME)")
     parser.add_argument("--dry-run", action="store_true", help="plan shapes, shardings and memory; read no weights")
+    parser.add_argument("--device-memory", default=None, metavar="SIZE",
+                        help="with --dry-run: the memory of one device to plan against (80GB, 80GiB, 96e9 bytes); "
+                             "default: the detected accelerator's, none on CPU")
     parser.add_argument("--coordinator", default=None, help="multi-host: coordinator address host:port")
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
@@ -91,53 +95,59 @@ def maybe_init_distributed(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args, overrides)
+    budget = None
+    if args.device_memory is not None:
+        if not args.dry_run:
+            raise InputError("--device-memory plans a --dry-run; a training run uses the devices it has")
+        from bard_jax.train.dry_run import parse_bytes
+
+        budget = parse_bytes(args.device_memory, "--device-memory")
     maybe_init_distributed(args)
     mesh = make_mesh(cfg.mesh.shape())
-    check_batch_fits_mesh(cfg, mesh)
+    check_mesh_divides(mesh, ("data.micro_batch_size", cfg.data.micro_batch_size), {})
 
     from bard_jax.train import setup  # the pieces that touch data, weights and objectives
 
     if args.dry_run:
-        from bard_jax.train.dry_run import dry_run
+        from bard_jax.train import dry_run as dry_run_lib
 
-        print(dry_run(cfg, mesh))
+        memory = dry_run_lib.plan_memory(cfg, mesh)
+        budget = budget if budget is not None else dry_run_lib.detected_device_memory()
+        source = dry_run_lib.budget_source(args.device_memory, budget)
+        print(memory.report(budget, source), flush=True)
+        memory.check(budget, source)  # a plan that does not fit is an error (exit status 1)
         return cli.EXIT_OK
 
     # --- data, model config, objective
     if jax.process_index() == 0:
         check_workdir_writable(cfg.workdir)
-    stop = StopFlag()  # its handlers are installed when the loop starts; the data stream already watches it
-    run = setup.prepare_run(cfg, stop_event=stop.event)  # checks paths and compatibility; builds the data stream
+    stop = StopFlag()  # its handlers are installed when the loop starts
+    # One process alone may give up waiting for data on a stop request; in a multi-process run the others would
+    # then wait for it in the next step's collectives forever, so there the request waits for the agreement below.
+    run = setup.prepare_run(cfg, stop_event=stop.event if jax.process_count() == 1 else None)
     model_config = run.model_config
-    accum = cfg.data.global_batch_size // cfg.data.micro_batch_size
+    check_mesh_divides(mesh, ("data.micro_batch_size", cfg.data.micro_batch_size),
+                       setup.head_counts(model_config, run.teacher_config))
+
+    # --- the step plan: shapes, shardings, batch schema, the step (the dry run builds the same)
+    plan = setup.plan_step(cfg, model_config, run.teacher_config, run.objective, mesh)
 
     # --- state: restore, or init (already sharded)
     os.makedirs(cfg.workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     fingerprint = setup.fingerprint(cfg, model_config)
-    params_abstract = setup.abstract_params(cfg, model_config)
-    p_shard = param_shardings(params_abstract, mesh)
-    tx, schedules = make_optimizer(cfg.optim, cfg.steps, params_abstract)
-    state_abstract = jax.eval_shape(lambda p: init_state(p, tx, cfg.seed), params_abstract)
-    state_shard = state_shardings(state_abstract, p_shard, mesh)
-
-    restored = ckpt.restore_latest(abstract_like(state_abstract, state_shard), fingerprint)
+    restored = ckpt.restore_latest(abstract_like(plan.state, plan.state_shardings), fingerprint)
     if restored is not None:
         state, meta = restored
         run.data.set_state(meta["data_state"])
         start_step = int(meta["step"])
     else:
         params = setup.initial_params(cfg, model_config, mesh)
-        state = jax.jit(lambda p: init_state(p, tx, cfg.seed), out_shardings=state_shard)(params)
+        state = jax.jit(lambda p: init_state(p, plan.tx, cfg.seed), out_shardings=plan.state_shardings)(params)
         del params
         start_step = 0
     teacher = setup.teacher_params(cfg, model_config, mesh)
-
-    # --- compile
-    step_fn = make_train_step(run.loss_fn, tx, schedules, global_batch_size=cfg.data.global_batch_size,
-                              trainable=trainable_mask(cfg.optim, params_abstract))
-    teacher_shard = None if teacher is None else param_shardings(teacher, mesh)
-    train_step = None  # compiled on the first batch, once its keys are known
+    setup.check_matches(teacher, plan.teacher, "the teacher")
 
     # --- loop
     writer = MetricsWriter(cfg.workdir, cfg.steps, start_step)
@@ -146,150 +156,137 @@ def main(argv: list[str] | None = None) -> int:
         f"[bard_jax.train] {cfg.name}: objective={cfg.objective.kind} b={cfg.objective.block_size} "
         f"steps {start_step}->{cfg.steps} mesh={dict(mesh.shape)} workdir={cfg.workdir}"
     )
-    step = start_step
-    last_saved = start_step if restored is not None else None
+    loop = Loop(cfg, plan, ckpt, run, fingerprint, writer, stop, state, teacher, start_step,
+                last_saved=start_step if restored is not None else None)
     try:
-        while step < cfg.steps:
-            try:
-                host_batch = run.data.next_batch()
-            except StopRequested:
-                # Asked to stop while the next batch was still being prepared (e.g. the stream was searching for
-                # usable samples). Save what was trained since the last checkpoint; in a multi-process run the
-                # others may be inside a collective, so the last checkpoint stands instead.
-                if step != last_saved and step > 0 and jax.process_count() == 1:
-                    save(ckpt, step, state, run, fingerprint)
-                    last_saved = step
-                kept = (f"saved step {step}" if last_saved == step else "no checkpoint saved yet" if last_saved is None
-                        else f"the last checkpoint is step {last_saved}")
-                writer.message(f"[bard_jax.train] {stop.signal_name or 'stop requested'} while waiting for data: "
-                               f"{kept}, exiting with status {cli.EXIT_STOPPED}; re-run to resume")
-                return cli.EXIT_STOPPED
-            batch, batch_shard = device_batch(host_batch, accum, mesh)
-            if train_step is None:
-                train_step = jax.jit(
-                    step_fn,
-                    in_shardings=(state_shard, batch_shard, teacher_shard),
-                    out_shardings=(state_shard, replicated(mesh)),
-                    donate_argnums=(0,),
-                )
-            t0 = time.time()
-            state, metrics = train_step(state, batch, teacher)
-            metrics = jax.device_get(metrics)
-            if not bool(metrics["finite"]):
-                ids = np.asarray(host_batch.get("example_index", [])).tolist()
-                kept = (f"the last good checkpoint ({last_saved}) is kept in {ckpt.directory}" if last_saved is not None
-                        else f"no checkpoint had been saved yet in {ckpt.directory}")
-                raise TrainingError(
-                    f"non-finite loss at step {step + 1} (loss={float(metrics['loss'])}, "
-                    f"grad_norm={float(metrics['grad_norm'])}) on examples {ids}; the update was not applied and "
-                    f"{kept}"
-                )
-            step += 1
-            metrics["step_seconds"] = time.time() - t0
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                writer.write(step, {k: v for k, v in metrics.items() if k != "finite"})
-            writer.advance()
-            if cfg.stop_at_step and step >= cfg.stop_at_step and step < cfg.steps:
-                stop.signal_name = f"stop_at_step={cfg.stop_at_step}"
-                stop.request()
-            # Read the flag once per step: a signal that lands between this read and the save is acted on after
-            # the next step. Reading it twice let one process save (a collective) while another went on training.
-            stopping = stop.stop
-            if jax.process_count() > 1:
-                # A signal reaches the processes at different times: all agree to stop after the same step.
-                agreed = any_process(stopping)
-                if agreed and not stopping:
-                    stop.signal_name = "stop requested by another process"
-                stopping = agreed
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                save(ckpt, step, state, run, fingerprint)
-                last_saved = step
-            if stopping:
-                writer.message(f"[bard_jax.train] {stop.signal_name}: saved step {step}, exiting with status "
-                               f"{cli.EXIT_STOPPED} (not finished, no export); re-run to resume")
-                return cli.EXIT_STOPPED
+        status = loop.run()
     finally:
         stop.restore()
         writer.close()
         run.data.close()  # the prefetch thread and any worker processes
+        ckpt.close()  # finishes the save in progress on every way out: a checkpoint begun is never lost
+    if status != cli.EXIT_OK:
+        return status
 
     # --- export
-    setup.export(cfg, model_config, state.params, run)
-    ckpt.close()
+    setup.export(cfg, model_config, loop.state.params, run)
     return cli.EXIT_OK
 
 
-def check_batch_fits_mesh(cfg: TrainConfig, mesh) -> None:
-    """Each micro-batch is split over the (data, fsdp) mesh axes: say so before any array is placed."""
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if cfg.data.micro_batch_size % ways:
-        raise TrainingError(
-            f"data.micro_batch_size {cfg.data.micro_batch_size} is not a multiple of the mesh's batch shards "
-            f"(data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} = {ways}): each micro-batch is split over "
-            f"them; set data.micro_batch_size to a multiple of {ways}"
-        )
+@dataclasses.dataclass
+class Loop:
+    """The training loop's state between steps; `run()` trains to the end or to a stop and returns the exit status.
+
+    Per step the host dispatches the compiled step and moves on; it synchronises with the device only in `check()`
+    (log intervals, saves, the end) and, in a multi-process run, to read the processes' agreed stop vote every
+    `stop_check_every` steps.
+    """
+
+    cfg: TrainConfig
+    plan: Any  # setup.StepPlan
+    ckpt: Checkpointer
+    job: Any  # setup.Run: the data stream and the configs
+    fingerprint: dict[str, Any]
+    writer: MetricsWriter
+    stop: StopFlag
+    state: TrainState
+    teacher: Any
+    step: int
+    last_saved: int | None
+
+    def run(self) -> int:
+        cfg, plan = self.cfg, self.plan
+        pending = PendingSteps(self.writer, cfg.log_every, cfg.steps)
+        healthy = None  # the previous step's metrics["applied"], fed back on the device (step.py's sticky guard)
+        previous_vote = None  # the previous step's agreed stop vote, still on the device
+        while self.step < cfg.steps:
+            try:
+                host_batch = self.job.data.next_batch()
+            except StopRequested:  # (one process only: see `prepare_run` in main)
+                return self.stop_while_waiting(pending)
+            batch = plan.device_batch(host_batch)
+            control = plan.control(healthy, self.stop.stop)
+            self.state, metrics = plan.step_for(host_batch)(self.state, batch, self.teacher, control)
+            healthy = metrics["applied"]
+            self.step += 1
+            pending.add(self.step, metrics, host_batch.get("example_index"))
+            self.writer.advance()
+            stopping = self.stopping(previous_vote)
+            previous_vote = metrics["stop"]
+            saving = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stopping
+            if saving or self.step % cfg.log_every == 0:
+                self.check(pending)
+            if saving:
+                self.save()
+            if stopping:
+                self.writer.message(f"[bard_jax.train] {self.stop.signal_name}: saved step {self.step}, exiting with "
+                                    f"status {cli.EXIT_STOPPED} (not finished, no export); re-run to resume")
+                return cli.EXIT_STOPPED
+        return cli.EXIT_OK
+
+    def stopping(self, previous_vote: Any) -> bool:
+        """Whether every process stops after the step just dispatched (the same answer on all of them)."""
+        cfg = self.cfg
+        if cfg.stop_at_step and cfg.stop_at_step <= self.step < cfg.steps:
+            self.stop.signal_name = f"stop_at_step={cfg.stop_at_step}"
+            return True
+        if jax.process_count() == 1:
+            return self.stop.stop  # the flag is this process's own: nothing to agree on, nothing to wait for
+        # Several processes: a signal reaches them at different times, so each step carries every process's request
+        # as its devices' votes, and all stop after the step at which they read a vote. Reading is a host
+        # synchronisation, unavoidable for a decision the hosts must share; it reads the vote of the step before
+        # the one just dispatched, which has (nearly always) finished while this one is queued, so the device does
+        # not idle for it. `stop_check_every` > 1 spaces the reads out (a stop then takes up to that many steps).
+        if previous_vote is None or self.step % cfg.stop_check_every:
+            return False
+        agreed = bool(jax.device_get(previous_vote))
+        if agreed and not self.stop.stop:
+            self.stop.signal_name = "stop requested by another process"
+        return agreed
+
+    def check(self, pending: PendingSteps) -> None:
+        """Fetch the pending steps' metrics: log them, or stop at a non-finite step, naming it and the examples of
+        every process (the check runs at the same steps on all processes, so they all reach the gather)."""
+        try:
+            pending.check()
+        except NonFiniteStep as bad:
+            examples = bad.examples.tolist()
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                examples = np.asarray(multihost_utils.process_allgather(bad.examples)).reshape(-1).tolist()
+            raise TrainingError(non_finite_message(bad, examples, self.last_saved, self.ckpt.directory)) from None
+
+    def save(self) -> None:
+        """Start the checkpoint of this step (written in the background; `check` ran first, so the state is good)."""
+        meta = {"step": self.step, "data_state": self.job.data.get_state(), "fingerprint": self.fingerprint}
+        self.ckpt.save(self.step, self.state, json.loads(json.dumps(meta)))
+        self.last_saved = self.step
+
+    def stop_while_waiting(self, pending: PendingSteps) -> int:
+        """Asked to stop while the next batch was still being prepared (e.g. the stream was searching for usable
+        samples): save what was trained since the last checkpoint, and exit."""
+        if self.step != self.last_saved and self.step > 0:
+            self.check(pending)
+            self.save()
+        kept = (f"saved step {self.step}" if self.last_saved == self.step else "no checkpoint saved yet"
+                if self.last_saved is None else f"the last checkpoint is step {self.last_saved}")
+        self.writer.message(f"[bard_jax.train] {self.stop.signal_name or 'stop requested'} while waiting for data: "
+                            f"{kept}, exiting with status {cli.EXIT_STOPPED}; re-run to resume")
+        return cli.EXIT_STOPPED
 
 
-def any_process(flag: bool) -> bool:
-    """True on every process if `flag` is true on any (a collective: all processes must call it)."""
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))
-
-
-def save(ckpt: Checkpointer, step: int, state: TrainState, run: Any, fingerprint: dict[str, Any]) -> None:
-    meta = {"step": step, "data_state": run.data.get_state(), "fingerprint": fingerprint}
-    ckpt.save(step, state, json.loads(json.dumps(meta)))
-
-
-def state_shardings(state_abstract: TrainState, p_shard: Any, mesh) -> TrainState:
-    """Params by the rules; optimizer moments like their params; scalars replicated."""
-    rep = replicated(mesh)
-
-    def opt_leaf(path, x):
-        # optax states hold param-shaped moments under the same tree paths as the params (after the group prefix).
-        sub = _match_param_sharding(path, x, state_abstract.params, p_shard)
-        return sub if sub is not None else rep
-
-    opt_shard = jax.tree_util.tree_map_with_path(opt_leaf, state_abstract.opt_state)
-    return TrainState(step=rep, params=p_shard, opt_state=opt_shard, rng=rep)
-
-
-def _match_param_sharding(path, x, params, p_shard):
-    """The sharding of the param whose path is a suffix of this optimizer-state leaf's path (and same shape)."""
-    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
-    node, snode = params, p_shard
-    for start in range(len(keys)):
-        node, snode = params, p_shard
-        ok = True
-        for k in keys[start:]:
-            if isinstance(node, dict) and k in node:
-                node, snode = node[k], snode[k]
-            else:
-                ok = False
-                break
-        if ok and hasattr(node, "shape") and tuple(node.shape) == tuple(x.shape):
-            return snode
-    return None
-
-
-def device_batch(host_batch: dict[str, np.ndarray], accum: int, mesh) -> tuple[dict, dict]:
-    """[B, ...] host arrays -> [A, B/A, ...] global arrays (A micro-batches), the example axis sharded over
-    (data, fsdp). `positions` [3, B, L] becomes [A, 3, B/A, L]."""
-    out, shardings = {}, {}
-    for k, v in host_batch.items():
-        v = np.asarray(v)
-        if k == "positions":
-            v = v.reshape((3, accum, v.shape[1] // accum) + v.shape[2:]).swapaxes(0, 1)
-            spec = PartitionSpec(None, None, ("data", "fsdp"))
-        else:
-            v = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
-            spec = PartitionSpec(None, ("data", "fsdp"))
-        out[k] = v
-        shardings[k] = NamedSharding(mesh, spec)
-    if jax.process_count() > 1:  # each host holds its own slice of the global batch
-        return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in out.items()}, shardings
-    return {k: jax.device_put(v, shardings[k]) for k, v in out.items()}, shardings
+def non_finite_message(bad: NonFiniteStep, examples: list[int], last_saved: int | None, directory: str) -> str:
+    """What a non-finite step stops the run with: the step, its loss and gradient norm, its examples (all
+    processes'), and what stays."""
+    later = bad.checked_at - bad.step
+    held = ("" if later == 0 else f", nor that of step {bad.checked_at}," if later == 1
+            else f", nor those of steps {bad.step + 1}-{bad.checked_at},")
+    kept = (f"the last good checkpoint ({last_saved}) is kept in {directory}" if last_saved is not None
+            else f"no checkpoint had been saved yet in {directory}")
+    return (f"non-finite loss at step {bad.step} (loss={float(bad.metrics['loss'])}, "
+            f"grad_norm={float(bad.metrics['grad_norm'])}) on examples {examples}; the update was not applied"
+            f"{held} and {kept}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Metrics sinks: the console (a progress bar), `WORKDIR/metrics.jsonl` and TensorBoard event files.
+"""Metrics sinks: the console (a progress bar), `WORKDIR/metrics.jsonl` and TensorBoard event files; and
+`PendingSteps`, which keeps the steps' metrics on the device until a check fetches them.
 
 Only process 0 writes. Each logged step is one JSON object with at least `step` and `loss`. A run that resumes
 from step N first drops the rows past N (logged after the checkpoint it resumes from, and about to be logged
@@ -98,3 +99,53 @@ def keep_rows_up_to(path: str, step: int) -> None:
     with open(tmp, "w") as f:
         f.writelines(kept)
     os.replace(tmp, path)
+
+
+# The step outputs that steer the loop rather than describe training: not written as metrics.
+CONTROL_KEYS = ("finite", "applied", "stop")
+
+
+class NonFiniteStep(Exception):
+    """Raised by `PendingSteps.check` for the first step whose update was not applied (control flow: the loop turns
+    it into the error the user sees, with the examples of every process and the checkpoint that is kept)."""
+
+    def __init__(self, step: int, metrics: dict[str, Any], examples: np.ndarray, checked_at: int):
+        super().__init__(f"non-finite step {step}")
+        self.step, self.metrics, self.examples, self.checked_at = step, metrics, examples, checked_at
+
+
+class PendingSteps:
+    """The steps dispatched since the last check, their metrics still device arrays (nothing waits for them).
+
+    `check()` fetches them all in one transfer, a host synchronisation (it waits for the last step to finish), so
+    the loop calls it only at log intervals, before a save and at the end. It writes the rows of the log steps in
+    order and raises `NonFiniteStep` at the first step whose update was not applied, after writing the rows before
+    it. `step_seconds` is the mean wall time per step since the previous check (a step's own time is not observable
+    without a synchronisation per step).
+    """
+
+    def __init__(self, writer: MetricsWriter, log_every: int, total_steps: int):
+        self.writer, self.log_every, self.total = writer, log_every, total_steps
+        self._steps: list[tuple[int, dict[str, Any], np.ndarray]] = []
+        self._since = time.time()
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(self, step: int, metrics: dict[str, Any], examples: Any) -> None:
+        """Keep step `step`'s metrics (device arrays) and the ids of its examples (this process's, on the host)."""
+        self._steps.append((step, metrics, np.asarray(examples if examples is not None else [])))
+
+    def check(self) -> None:
+        """Fetch the pending steps' metrics, write the log steps' rows, raise NonFiniteStep at a step not applied."""
+        if not self._steps:
+            return
+        fetched = jax.device_get([m for _, m, _ in self._steps])
+        seconds = (time.time() - self._since) / len(self._steps)
+        steps, self._steps, self._since = self._steps, [], time.time()
+        for (step, _, examples), metrics in zip(steps, fetched):
+            if not bool(metrics["applied"]):
+                raise NonFiniteStep(step, metrics, examples, checked_at=steps[-1][0])
+            if step % self.log_every == 0 or step == self.total:
+                row = {k: v for k, v in metrics.items() if k not in CONTROL_KEYS}
+                self.writer.write(step, {**row, "step_seconds": seconds})

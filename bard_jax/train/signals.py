@@ -1,4 +1,8 @@
-"""Turn SIGTERM / SIGINT into a flag the loop checks after each step, so it can checkpoint and exit cleanly."""
+"""Turn SIGTERM / SIGINT into a flag the loop reads after each step, so it can checkpoint and exit cleanly.
+
+Reading it costs nothing (a host flag). In a multi-process run the flag is this process's vote: it rides into the
+next step, and the processes stop together once they read the agreed vote (loop.Loop.stopping).
+"""
 
 from __future__ import annotations
 

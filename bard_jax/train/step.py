@@ -1,8 +1,14 @@
 """The pure train step: gradient accumulation over micro-batches, clipping + AdamW, a NaN guard.
 
-`train_step(state, batch, teacher_params) -> (state, metrics)` is built by `make_train_step` and compiled by the
-loop with explicit in/out shardings and the state donated. The teacher (SWD) is an argument, not part of the
-state: it is never updated, never donated and never seen by the optimizer.
+`train_step(state, batch, teacher_params, healthy=None) -> (state, metrics)` is built by `make_train_step` and
+compiled (by `setup.plan_step`, for the loop and the dry run alike) with explicit in/out shardings and the state
+donated. The teacher (SWD) is an argument, not part of the state: it is never updated, never donated and never seen
+by the optimizer.
+
+The NaN guard is sticky so that the host need not look at every step: a step whose loss or gradient norm is not
+finite leaves the state untouched, and so does every later step that is given the `healthy` flag it returned
+(`metrics["applied"]`). The loop fetches the flags only at log intervals and before a save; whatever ran after the
+bad step ran on the last good state and changed nothing, so that state is still the one to keep.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def make_train_step(
     global_batch_size: int,
     trainable: Any = None,
 ) -> Callable[[TrainState, dict[str, jax.Array], Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build train_step(state, batch, teacher_params).
+    """Build train_step(state, batch, teacher_params, healthy=None).
 
     `batch` leaves are [A, b, ...]: A micro-batches of b examples (A * b = global batch). `loss_fn(params, micro,
     teacher_params, global_num_samples)` must return a loss already divided by the global sample count, so the
@@ -58,7 +64,10 @@ def make_train_step(
             return params
         return jax.tree_util.tree_map(lambda x, t: x if t else jax.lax.stop_gradient(x), params, trainable)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any):
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any, healthy: Any = None):
+        """`healthy`: bool scalar, False once an earlier step was not finite (None: True). metrics["finite"] says
+        whether this step's loss and gradient norm are finite, metrics["applied"] whether its update was applied
+        (finite and healthy): the `healthy` to pass to the next step."""
         grad_fn = jax.value_and_grad(
             lambda p, micro: loss_fn(hold(p), micro, teacher_params, global_batch_size), has_aux=True
         )
@@ -81,10 +90,12 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         params = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), params, state.params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # A non-finite loss leaves the state untouched: the host stops and the last good checkpoint stays valid.
-        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+        applied = finite if healthy is None else finite & healthy
+        # A non-finite step (or any step after one) leaves the state untouched: the host stops at its next check
+        # and the last good checkpoint stays valid.
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(applied, n, o), new, old)
         new_state = TrainState(
-            step=state.step + finite.astype(jnp.int32),
+            step=state.step + applied.astype(jnp.int32),
             params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state),
             rng=state.rng,
@@ -94,6 +105,7 @@ def make_train_step(
             loss=loss,
             grad_norm=grad_norm,
             finite=finite,
+            applied=applied,
             **{f"lr_{name}": s(state.step) for name, s in schedules.items()},
         )
         return new_state, out
