@@ -54,6 +54,9 @@ class Model:
         return self if self.source is None else self.replace(source=None)
 
 
+DEFAULT_ATTENTION = AttentionConfig()
+
+
 @functools.cache
 def network(
     config: ModelConfig,
@@ -61,7 +64,7 @@ def network(
     remat_policy: str = "none",
     return_kv: bool = False,
     clean_sees_noisy: bool = True,
-    attention: AttentionConfig = AttentionConfig(),
+    attention: AttentionConfig = DEFAULT_ATTENTION,
 ) -> Qwen3VL:
     """The (stateless, hashable) Linen module for a config and compute options (`attention`: which attention
     implementation runs; see `bard_jax.model.attention.AttentionConfig`)."""

@@ -10,10 +10,12 @@ the attention heads (each device gets whole heads).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -35,6 +37,25 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "layers": (),
     "norm": (),
 }
+
+# Activations (`nn.with_logical_constraint` in the models): examples over the batch axes, the MLP's hidden units
+# over the tensor axis. Without them XLA's propagation may follow the fsdp-sharded weights instead and keep every
+# example of the micro-batch on every device (measured: the swd_b32 step's [layers, B, L, mlp] residuals whole).
+ACTIVATION_RULES: tuple[tuple[str, Any], ...] = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh):
+    """Within it, traced model code constrains its activations by `ACTIVATION_RULES` on `mesh` (outside it the
+    constraints are no-ops: single-device code and the samplers are unaffected)."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(ACTIVATION_RULES):
+        yield
+
 
 # Parameter path regex -> logical axes of its dims (stacked layer params lead with "layers").
 PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [

@@ -3,7 +3,7 @@
 Letters: B batch, T queries, S keys, K kv heads, G query heads per kv head, H head dim, tq / tk query / key tile
 sizes, nq / nk tile counts.
 
-Nothing of size [T, S] is ever stored: the forward keeps a running max `m`, a running sum `l` and an output
+Nothing of size [T, S] is ever stored: the forward keeps a running max `m`, a running sum `denom` and an output
 accumulator per query tile (FlashAttention-2); it saves only the output and the log-sum-exp `lse`. The backward
 recomputes each tile's probabilities from `lse` (`jax.custom_vjp`), so training memory is linear in the length.
 
@@ -16,7 +16,8 @@ Skipping changes no bit: an empty tile would add exactly zero to every sum.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,11 @@ def _forward(q_bnqtkgh, k_bskh, v_bskh, q_info, k_info, order_nqnk, count_nq, cl
         q_tile = q_bnqtkgh[i]
         q_info_tile = jax.tree_util.tree_map(lambda a: a[i], q_info)
         m0 = jnp.full((b, kh, g, tq), -jnp.inf, jnp.float32)
-        l0 = jnp.zeros((b, kh, g, tq), jnp.float32)
+        denom0 = jnp.zeros((b, kh, g, tq), jnp.float32)
         acc0 = jnp.zeros((b, kh, g, tq, h), jnp.float32)
 
         def body(j, carry):
-            m, l, acc = carry
+            m, denom, acc = carry
             kt = order_nqnk[i, j]
             k_tile, v_tile = _slice(k_bskh, kt, tk, 1), _slice(v_bskh, kt, tk, 1)
             s = _tile_logits(q_tile, k_tile, scale, rule, q_info_tile, k_info, cls_bnqnk[:, i, kt], kt, tk)
@@ -61,14 +62,14 @@ def _forward(q_bnqtkgh, k_bskh, v_bskh, q_info, k_info, order_nqnk, count_nq, cl
             m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a row that has seen nothing yet stays at zero
             p = jnp.exp(s - m_safe[..., None])
             alpha = jnp.exp(m - m_safe)
-            l = alpha * l + jnp.sum(p, axis=-1)
+            denom = alpha * denom + jnp.sum(p, axis=-1)
             pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v_tile.dtype), v_tile, preferred_element_type=jnp.float32)
-            return m_new, l, alpha[..., None] * acc + pv
+            return m_new, denom, alpha[..., None] * acc + pv
 
-        m, l, acc = jax.lax.fori_loop(0, count_nq[i], body, (m0, l0, acc0))
-        seen = l > 0
-        out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)  # +inf: every probability is 0
+        m, denom, acc = jax.lax.fori_loop(0, count_nq[i], body, (m0, denom0, acc0))
+        seen = denom > 0
+        out = jnp.where(seen[..., None], acc / jnp.where(seen, denom, 1.0)[..., None], 0.0)
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), jnp.inf)  # +inf: every probability is 0
         return out.transpose(0, 3, 1, 2, 4), lse
 
     return jax.lax.map(per_query_tile, jnp.arange(nq))

@@ -13,12 +13,17 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from bard_jax.config import TextConfig
 from bard_jax.model.attention import AttentionConfig, AttentionPlan, TokenInfo, TokenRule, attend, plan_attention
 from bard_jax.model.layers import Dtype, Embed, Linear, RMSNorm
 from bard_jax.model.rope import apply_rope, text_rope
 from bard_jax.model.vision import remat_policy
+
+# Logical activation axes (bard_jax.sharding.ACTIVATION_RULES; no-ops outside `activation_sharding`).
+ACT_BTD = ("act_batch", "act_length", "act_embed")
+ACT_MLP = ("act_batch", "act_length", "act_mlp")
 
 
 @flax.struct.dataclass
@@ -44,14 +49,17 @@ class TextAttention(nn.Module):
         q = Linear(c.num_attention_heads * c.head_dim, use_bias=False, dtype=self.dtype, name="q_proj")(x_btd)
         k = Linear(c.num_key_value_heads * c.head_dim, use_bias=False, dtype=self.dtype, name="k_proj")(x_btd)
         v = Linear(c.num_key_value_heads * c.head_dim, use_bias=False, dtype=self.dtype, name="v_proj")(x_btd)
+        # Names for the "projections" remat policy (bard_jax.model.vision.PROJECTION_NAMES).
+        q, k, v = checkpoint_name(q, "q_proj"), checkpoint_name(k, "k_proj"), checkpoint_name(v, "v_proj")
         q = RMSNorm(c.rms_norm_eps, self.dtype, name="q_norm")(q.reshape(b, t, c.num_attention_heads, c.head_dim))
         k = RMSNorm(c.rms_norm_eps, self.dtype, name="k_norm")(k.reshape(b, t, c.num_key_value_heads, c.head_dim))
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         context = None if ctx_k is None else (ctx_k.astype(k.dtype), ctx_v.astype(v.dtype))
-        out = attend(q, k, v, scale=c.head_dim**-0.5, plan=plan, context=context)
+        out = checkpoint_name(attend(q, k, v, scale=c.head_dim**-0.5, plan=plan, context=context), "attn_out")
         out = Linear(c.hidden_size, use_bias=False, dtype=self.dtype, name="o_proj")(out.reshape(b, t, -1))
+        out = checkpoint_name(out, "o_proj")
         return out, (k, v)
 
 
@@ -64,7 +72,9 @@ class TextMLP(nn.Module):
         c = self.config
         gate = Linear(c.intermediate_size, use_bias=False, dtype=self.dtype, name="gate_proj")(x)
         up = Linear(c.intermediate_size, use_bias=False, dtype=self.dtype, name="up_proj")(x)
-        return Linear(c.hidden_size, use_bias=False, dtype=self.dtype, name="down_proj")(jax.nn.silu(gate) * up)
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ACT_MLP)
+        return checkpoint_name(Linear(c.hidden_size, use_bias=False, dtype=self.dtype, name="down_proj")(hidden),
+                               "down_proj")
 
 
 class DecoderLayer(nn.Module):
@@ -76,6 +86,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, h_btd, xs, cos, sin, plan, deepstack_jbtd):
         layer, ctx_k, ctx_v = xs
         c = self.config
+        h_btd = nn.with_logical_constraint(h_btd, ACT_BTD)
         attn, kv = TextAttention(c, self.dtype, name="self_attn")(
             RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(h_btd), cos, sin, plan, ctx_k, ctx_v
         )

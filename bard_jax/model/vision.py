@@ -171,15 +171,23 @@ class VisionTower(nn.Module):
         return merged, deep
 
 
+# Values the text layers name (`jax.ad_checkpoint.checkpoint_name`) for the "projections" policy: the attention's
+# projections and output and the two residual-branch outputs. The MLP's hidden units (the widest activation, 3-4x
+# the width) are not among them: the backward recomputes gate and up from the saved layer input.
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "attn_out", "o_proj", "down_proj")
+
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
+    "projections": jax.checkpoint_policies.save_only_these_names(*PROJECTION_NAMES),
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
 
 
 def remat_policy(name: str):
-    """A jax.checkpoint policy by name: 'full' (save nothing), 'dots' (save matmul outputs), 'none'."""
+    """A jax.checkpoint policy by name: 'full' (save nothing), 'projections' (save the text layers' attention
+    projections and branch outputs, recompute the MLP; the vision tower names nothing, so it saves nothing),
+    'dots' (save matmul outputs), 'dots_saveable', or 'none'."""
     if name not in REMAT_POLICIES:
         raise InputError(f"unknown remat policy {name!r}; known: {sorted(REMAT_POLICIES)} or 'none'")
     return REMAT_POLICIES[name]

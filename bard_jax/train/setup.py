@@ -34,7 +34,7 @@ from bard_jax.diffusion.noise import NoiseConfig
 from bard_jax.errors import BardError
 from bard_jax.model.attention import AttentionConfig
 from bard_jax.modeling import init_params, load_pretrained
-from bard_jax.sharding import LOGICAL_RULES, MESH_AXES, param_shardings, replicated
+from bard_jax.sharding import LOGICAL_RULES, MESH_AXES, activation_sharding, param_shardings, replicated
 from bard_jax.train.config import TrainConfig
 from bard_jax.train.optimizer import check_optimizer_config, make_optimizer, trainable_mask
 from bard_jax.train.step import TrainState, init_state, make_train_step
@@ -373,7 +373,8 @@ def plan_step(cfg: TrainConfig, model_config: ModelConfig, teacher_config: Model
                                    trainable=trainable_mask(cfg.optim, params))
 
     def train_step(state, batch, teacher_params, control):  # (the name compile logs show)
-        state, metrics = guarded_step(state, batch, teacher_params, control["healthy"])
+        with activation_sharding(mesh):  # examples stay split over the batch axes inside the model
+            state, metrics = guarded_step(state, batch, teacher_params, control["healthy"])
         # Each device carries its process's stop request; the any() is a tiny all-reduce inside the step, so
         # agreeing on a stop needs no collective (and no host synchronisation) of its own.
         metrics["stop"] = jnp.any(control["stop_votes"])
