@@ -16,6 +16,7 @@ MODEL_KEYS = {"name", "block_size", "swd", "strategy", "denoising_steps", "thres
               "token_accuracy", "tokens_per_forward", "tokens_per_second", "nfe"}
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores, most of the default suite's budget: run with -m slow
 def test_smoke_run_trains_every_stage_and_writes_the_results(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--workdir", str(tmp_path / "w")],
                        capture_output=True, text=True, cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})

@@ -46,7 +46,8 @@ def grads(setup, remat: str, attention: AttentionConfig):
         return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("remat", ["projections", "full", "dots"])
+@pytest.mark.parametrize("remat", ["projections", pytest.param("full", marks=pytest.mark.slow),
+                                   pytest.param("dots", marks=pytest.mark.slow)])
 def test_remat_and_flash_keep_the_gradients(setup, remat):
     want_loss, want = grads(setup, "none", AttentionConfig("dense"))
     got_loss, got = grads(setup, remat, AttentionConfig("flash", 8, 8))
