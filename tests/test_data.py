@@ -408,6 +408,7 @@ def test_video_file_decoding_and_bad_videos(synthetic, tmp_path):
         proc.encode_chat([{"role": "user", "content": [{"type": "video", "video": []}]}])
 
 
+@pytest.mark.slow  # suite time; worker start-up and resume are covered by the two-worker test
 def test_worker_failures_surface_in_the_main_process(synthetic, tmp_path):
     """A strict-mode error raised inside a worker reaches the caller with the file and line; a worker that cannot
     start (its processor directory vanished) gives a clear error instead of a hang."""

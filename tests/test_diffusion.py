@@ -297,7 +297,7 @@ def test_teacher_block_size_must_divide_student():
         ObjectiveConfig(kind="swd", block_size=8, teacher_block_size=3)
 
 
-@pytest.mark.parametrize("kind", ["pbm", "swd", "ar"])
+@pytest.mark.parametrize("kind", [pytest.param("pbm", marks=pytest.mark.slow), "swd", "ar"])  # suite time
 def test_gradients_are_finite_and_match_finite_differences(tiny, kind):
     batch = packed_batch(tiny)
     obj = ObjectiveConfig(kind=kind, block_size=4, noise=noise.NoiseConfig(mask_token_id=1023))

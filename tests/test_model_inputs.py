@@ -36,6 +36,7 @@ def two_examples(cfg):
     return ids, grids, pixels, (pv0, pv1)
 
 
+@pytest.mark.slow  # suite time; the batch-local merge test below covers the layout in the default run
 def test_per_example_vision_layout_equals_separate_forwards(tiny):
     cfg, params = tiny.config, tiny.params
     ids, grids, pixels, (pv0, pv1) = two_examples(cfg)

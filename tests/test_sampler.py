@@ -103,10 +103,10 @@ CASES = [
     # (strategy, block size, steps, threshold, tied, image)
     ("low_confidence_static", 4, 4, 0.9, False, False),
     ("low_confidence_static", 4, 2, 0.9, True, True),
-    ("low_confidence_static", 2, 1, 0.9, False, True),
+    pytest.param("low_confidence_static", 2, 1, 0.9, False, True, marks=pytest.mark.slow),  # suite time
     ("low_confidence_dynamic", 4, 4, 0.6, False, False),
     ("low_confidence_dynamic", 8, 3, 0.5, True, False),
-    ("low_confidence_dynamic", 4, 2, 0.7, False, True),
+    pytest.param("low_confidence_dynamic", 4, 2, 0.7, False, True, marks=pytest.mark.slow),  # suite time
 ]
 
 

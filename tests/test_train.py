@@ -90,7 +90,7 @@ def test_question_types_keep_only_the_named_samples():
         keep_question_types(records, ("where",), "x.jsonl")
 
 
-@pytest.mark.parametrize("mergers", ["language", "vision"])
+@pytest.mark.parametrize("mergers", [pytest.param("language", marks=pytest.mark.slow), "vision"])  # suite time
 def test_mergers_follow_the_named_group(mergers):
     """With the vision group's rate at 0, the tower never moves, the mergers move only when they follow the
     language group, and the text model always moves."""

@@ -260,6 +260,7 @@ SMALL = ("--recipe.data.global_batch_size", "8", "--recipe.data.micro_batch_size
          "--recipe.data.length_buckets", "64", "--recipe.data.response_buckets", "16")
 
 
+@pytest.mark.slow  # suite time; the verdict and size parsing are tested without compiling above
 def test_dry_run_compiles_the_loop_step_and_refuses_a_budget_it_exceeds(capsys, monkeypatch):
     """The dry run builds the loop's step (setup.plan_step) and compiles it for the largest batch; over budget it
     prints the plan, then one error line naming the largest parts, and exits 1."""
