@@ -26,10 +26,10 @@ import sys
 import time
 
 # (block size, denoising steps per block, strategy, threshold). With random weights few tokens clear the threshold,
-# so the dynamic rows commit about their per-step minimum (block / steps = 1 token per forward) and the static rows
-# 4 tokens per forward.
-SETTINGS = [(4, 4, "low_confidence_dynamic", 0.9), (4, 1, "low_confidence_static", 0.9),
-            (32, 32, "low_confidence_dynamic", 0.9), (32, 8, "low_confidence_static", 0.9)]
+# so the dynamic rows commit about their per-step minimum (block / steps tokens per forward), like the static rows.
+SETTINGS = [(4, 4, "low_confidence_static", 0.9), (4, 4, "low_confidence_dynamic", 0.9),
+            (4, 1, "low_confidence_static", 0.9), (32, 8, "low_confidence_static", 0.9),
+            (32, 32, "low_confidence_dynamic", 0.9)]
 
 
 def model_shape(args) -> dict:
@@ -47,7 +47,7 @@ def model_shape(args) -> dict:
                           "out_hidden_size": args.width, "num_position_embeddings": 64,
                           "deepstack_visual_indexes": []},
         "image_token_id": vocab - 5, "video_token_id": vocab - 4, "vision_start_token_id": vocab - 3,
-        "vision_end_token_id": vocab - 2, "tie_word_embeddings": False,
+        "vision_end_token_id": vocab - 2, "tie_word_embeddings": bool(args.tied),
     }
 
 
@@ -101,6 +101,8 @@ def run_reference(args) -> None:
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 1.0 / p.shape[-1] ** 0.5)
+        if args.tied:  # the loop above drew the head apart from the table; a tied model reads logits off the table
+            model.lm_head.weight.copy_(model.model.language_model.embed_tokens.weight)
     ckpt = os.path.join(args.workdir, "checkpoint")
     model.save_pretrained(ckpt)
     mask_id, eos = special_ids(args.vocab)
@@ -139,7 +141,7 @@ def run_ours(args) -> None:
 
     with open(os.path.join(args.workdir, "reference.json")) as f:
         ref = json.load(f)
-    for key in ("width", "layers", "vocab", "new", "prompts", "prompt_len"):
+    for key in ("width", "layers", "vocab", "new", "prompts", "prompt_len", "tied"):
         if ref["args"][key] != getattr(args, key):
             raise SystemExit(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the reference half's "
                              f"{ref['args'][key]}: pass the same flags to both halves")
@@ -149,20 +151,22 @@ def run_ours(args) -> None:
     print(f"model: width {args.width}, {args.layers} layers, vocab {args.vocab}; {args.prompts} prompts of "
           f"{args.prompt_len} tokens, {args.new} new tokens; reference torch {ref['torch']} "
           f"({ref['threads']} threads), ours jax {jax.__version__} on {jax.devices()[0].platform}")
-    print("| block | steps | strategy | reference tokens/s | ours, 1 prompt per call | vs reference | "
-          f"ours, {args.prompts} prompts in one batch | vs reference | tokens equal to the reference |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| block | steps | strategy | reference tokens/s | ours, 1 prompt per call | vs reference | ms per forward, "
+          f"reference / ours | ours, {args.prompts} prompts in one batch | vs reference | tokens equal to the "
+          "reference |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for row in ref["settings"]:
         sc = bj.SamplingConfig(max_new_tokens=args.new, block_size=row["block_size"],
                                denoising_steps=row["denoising_steps"], strategy=row["strategy"],
                                confidence_threshold=row["threshold"], mask_token_id=mask_id, eos_token_id=eos)
-        single_tokens, single_secs = [], 0.0
+        single_tokens, single_secs, forwards = [], 0.0, 0
         for i in range(args.prompts):
-            out, secs = best_of(lambda i=i, sc=sc: jax.block_until_ready(
-                bj.generate(model, ids_all[i:i + 1], sc).tokens), args.repeats)
-            single_tokens.append(np.asarray(out)[0].tolist())
+            out, secs = best_of(lambda i=i, sc=sc: jax.block_until_ready(bj.generate(model, ids_all[i:i + 1], sc)),
+                                args.repeats)
+            single_tokens.append(np.asarray(out.tokens)[0].tolist())
             single_secs += secs
+            forwards += int(out.stats["nfe"][0])  # the reference runs the same forwards when the tokens are equal
         batch_out, batch_secs = best_of(lambda sc=sc: jax.block_until_ready(bj.generate(model, ids_all, sc).tokens),
                                         args.repeats)
         batch_tokens = np.asarray(batch_out).tolist()
@@ -176,9 +180,13 @@ def run_ours(args) -> None:
         results.append({**{k: row[k] for k in ("block_size", "denoising_steps", "strategy")},
                         "reference_tokens_per_second": rtps, "ours_single_tokens_per_second": tps1,
                         "ours_batch_tokens_per_second": tpsb, "equal_single": equal, "equal_batch": equal_batch})
+        ref_secs = sum(p["seconds"] for p in row["prompts"])
+        results[-1].update(forwards=forwards, reference_ms_per_forward=ref_secs / forwards * 1e3,
+                           ours_ms_per_forward=single_secs / forwards * 1e3)
         print(f"| {row['block_size']} | {row['denoising_steps']} | {row['strategy'][15:]} | {rtps:.1f} | "
-              f"{tps1:.1f} | {tps1 / rtps:.2f}x | {tpsb:.1f} | {tpsb / rtps:.2f}x | "
-              f"{equal}/{args.prompts} alone, {equal_batch}/{args.prompts} batched |", flush=True)
+              f"{tps1:.1f} | {tps1 / rtps:.2f}x | {ref_secs / forwards * 1e3:.1f} / {single_secs / forwards * 1e3:.1f} "
+              f"| {tpsb:.1f} | {tpsb / rtps:.2f}x | {equal}/{args.prompts} alone, {equal_batch}/{args.prompts} "
+              f"batched |", flush=True)
     with open(os.path.join(args.workdir, "ours.json"), "w") as f:
         json.dump(results, f, indent=1)
 
@@ -190,11 +198,13 @@ def main() -> None:
     ap.add_argument("--repo", help="a checkout of the reference repository (the reference half)")
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--untied", dest="tied", action="store_false", help="a separate output head (default: tied to "
+                    "the embedding table)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     if args.half == "reference":

@@ -9,8 +9,9 @@ from transformers import Qwen3VLForConditionalGeneration
 
 import bard_jax as bj
 from bard_jax.model.attention import TokenInfo
+from bard_jax.model.example_vision import per_example_vision
 from bard_jax.model.hidden import encode_vision, hidden_states
-from bard_jax.model.inputs import per_example_vision, text_positions
+from bard_jax.model.inputs import text_positions
 from bard_jax.model.positions import rope_position_ids
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network

@@ -21,8 +21,8 @@ from bard_jax.diffusion.layout import token_info
 from bard_jax.diffusion.noise import NoiseConfig, corrupt_batch
 from bard_jax.errors import InputError
 from bard_jax.model.attention import NOISY, AttentionConfig, TokenInfo
+from bard_jax.model.example_vision import per_example_vision
 from bard_jax.model.hidden import hidden_states
-from bard_jax.model.inputs import per_example_vision
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import network, resolve_dtype
 

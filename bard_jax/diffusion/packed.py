@@ -9,8 +9,8 @@ import numpy as np
 
 from bard_jax.diffusion.layout import collate_packed, pack_sample, token_info
 from bard_jax.errors import InputError
+from bard_jax.model.example_vision import per_example_vision
 from bard_jax.model.hidden import hidden_states
-from bard_jax.model.inputs import per_example_vision
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
 

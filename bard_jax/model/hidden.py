@@ -53,8 +53,8 @@ def hidden_states(
       input_ids_bt: [B, T] token ids; image/video pad tokens take their windows from `vision`.
       positions_3bt: [3, B, T] MRoPE positions.
       info: per-token attention metadata of the T tokens (the mask mode is data: causal, block-causal, packed).
-      vision: pixel rows in groups with each pad's window (`inputs.shared_vision` / `inputs.per_example_vision`);
-        None runs no vision tower at all.
+      vision: pixel rows in groups with each pad's window (`inputs.shared_vision` /
+        `example_vision.per_example_vision`); None runs no vision tower at all.
       context: cached keys/values (and their metadata) the tokens also attend to (the samplers' decode steps).
     """
     variables = {"params": params}

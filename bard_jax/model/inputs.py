@@ -167,6 +167,7 @@ def check_inputs(
     video_grid_thw: Any = None,
     *,
     require_prompt: bool = False,
+    per_example: bool = False,
 ) -> np.ndarray | None:
     """Raise `InputError` (naming the argument and the offending value or position) for model inputs that cannot
     be used as given; returns the attention mask as host bools (None when not given, or not readable here).
@@ -176,6 +177,8 @@ def check_inputs(
     at least one real token); pixel rows and grids come in pairs, grids are well formed and covered by the pixel
     rows, and the placeholder tokens match the grids group by group. Plain numpy on host values, nothing traced or
     compiled; a tracer (under the caller's jit) is checked by shape and dtype only.
+
+    per_example: pixels [B, P, C] with grids [B, I, 3] (`bard_jax.model.example_vision`), checked row by row.
     """
     shape, dtype, ids = _host_view("input_ids", input_ids)
     if len(shape) != 2:
@@ -194,8 +197,28 @@ def check_inputs(
                              + (f" (and {more} more)" if more else ""))
     real = None if attention_mask is None else _check_mask(shape, attention_mask, require_prompt)
     host_real = np.ones(shape, bool) if attention_mask is None else real
-    _check_vision(config, "image", pixel_values, image_grid_thw, ids, host_real)
-    _check_vision(config, "video", pixel_values_videos, video_grid_thw, ids, host_real)
+    if not per_example:
+        _check_vision(config, "image", pixel_values, image_grid_thw, ids, host_real)
+        _check_vision(config, "video", pixel_values_videos, video_grid_thw, ids, host_real)
+        return real
+    for pix_name, pixels, grid_name, grid in (("pixel_values", pixel_values, "image_grid_thw", image_grid_thw),
+                                              ("pixel_values_videos", pixel_values_videos, "video_grid_thw",
+                                               video_grid_thw)):
+        if pixels is None or grid is None:
+            continue  # a lone one is named by the row checks below
+        p_shape, g_shape = _host_view(pix_name, pixels)[0], _host_view(grid_name, grid)[0]
+        if len(p_shape) != 3 or len(g_shape) != 3 or p_shape[0] != shape[0] or g_shape[0] != shape[0]:
+            raise InputError(f"per-example {pix_name} {p_shape} and {grid_name} {g_shape} must be [B, P, C] and "
+                             f"[B, I, 3] with B = {shape[0]}, the rows of input_ids")
+    row_of = (lambda a, b: None if a is None else a[b])
+    for b in range(shape[0]):
+        ids_b = None if ids is None else ids[b:b + 1]
+        real_b = None if host_real is None else host_real[b:b + 1]
+        try:
+            _check_vision(config, "image", row_of(pixel_values, b), row_of(image_grid_thw, b), ids_b, real_b)
+            _check_vision(config, "video", row_of(pixel_values_videos, b), row_of(video_grid_thw, b), ids_b, real_b)
+        except InputError as e:
+            raise InputError(f"batch row {b} (per-example vision): {e}") from e
     return real
 
 
@@ -297,28 +320,3 @@ def shared_vision(config: ModelConfig, vision: VisionInputs, input_ids_bt: jax.A
     (`window_index`)."""
     return VisionBatch(vision.pixels_pc[None], {k: v[None] for k, v in vision.meta.items()},
                        window_index(config, input_ids_bt, vision.num_image_windows))
-
-
-def per_example_vision(config: ModelConfig, pixels_bpc: jax.Array, grid_bi3: jax.Array, input_ids_bt: jax.Array
-                       ) -> VisionBatch:
-    """One group per example (images only, as training batches hold).
-
-    Args:
-      pixels_bpc: [B, P, C] each example's pixel rows (its images in order, then padding rows).
-      grid_bi3: [B, I, 3] each example's image grids (zero rows = padding).
-      input_ids_bt: [B, T] token ids; the k-th image pad of row b takes window k of example b.
-    """
-    v = config.vision
-    p = pixels_bpc.shape[1]
-    if p % v.merge_unit:
-        raise InputError(f"per-example pixel rows {p} not a multiple of the merge unit {v.merge_unit}")
-
-    def one(grid_i3: jax.Array) -> dict[str, jax.Array]:
-        return vision_patch_metadata(
-            grid_i3, p, spatial_merge_size=v.spatial_merge_size, num_grid_per_side=v.num_grid_per_side, xp=jnp
-        )
-
-    meta = jax.vmap(one)(jnp.asarray(grid_bi3, jnp.int32))
-    is_img = input_ids_bt == config.image_token_id
-    windows = jnp.where(is_img, jnp.cumsum(is_img, axis=-1) - 1, 0).astype(jnp.int32)
-    return VisionBatch(jnp.asarray(pixels_bpc), meta, windows)

@@ -1,5 +1,6 @@
 """Autoregressive decoding with a KV cache, in the same style as the block sampler: the baseline for speed
-comparisons and for evaluating source AR models.
+comparisons and for evaluating source AR models. `sample_ar` is the pure function (callable inside the caller's
+`jax.jit`), `generate_ar` the convenient wrapper, as `bj.sample` / `bj.generate`.
 
 Letters: B batch, P prompt length, N new tokens, C = P + N cache slots.
 """
@@ -7,7 +8,6 @@ Letters: B batch, P prompt length, N new tokens, C = P + N cache slots.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -19,12 +19,13 @@ import numpy as np
 from bard_jax.errors import InputError
 from bard_jax.model.attention import TokenInfo
 from bard_jax.model.hidden import hidden_states
-from bard_jax.model.inputs import VisionInputs, shared_vision, text_positions, vision_inputs
 from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
 from bard_jax.sampler.config import SettingsCheck
-from bard_jax.sampler.diffusion import SamplerOutput, check_decoding_call
+from bard_jax.sampler.diffusion import SamplerOutput, encode_prompt
+from bard_jax.sampler.inputs import VISION_ARGS, check_arrays, check_decoding_call, check_settings, prepare
+from bard_jax.sampler.result import SampleResult, produced_tokens
 from bard_jax.sampler.select import choose_tokens
 
 
@@ -72,22 +73,17 @@ def _step_logits(net, params, token_b, position_b, carry: ARCarry, slot):
     return net.apply({"params": params}, h[:, 0], method=Qwen3VL.logits), kv
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_image_windows"))
-def _generate_ar_jit(model: Model, input_ids, mask, pixels, meta, image_grid_thw, video_grid_thw, key, *, cfg,
-                     num_image_windows):
+def _sample_ar_pure(model: Model, inputs, cfg: ARConfig) -> SampleResult:
     c = model.config
     net, params = network(c, None, "none", True), model.params
+    input_ids, mask = inputs.input_ids, inputs.attention_mask
     b, p = input_ids.shape
-    positions, next_pos = text_positions(c, input_ids, mask, image_grid_thw, video_grid_thw)
-    vision = None
-    if pixels is not None:  # the prompts' pixel rows concatenated over the batch: one shared vision group
-        vision = shared_vision(c, VisionInputs(pixels, meta, num_image_windows), input_ids)
-    h, (k, v) = hidden_states(net, params, input_ids, positions, TokenInfo.causal(mask), vision=vision)
+    h, (k, v), next_pos = encode_prompt(net, params, input_ids, mask, inputs.vision, TokenInfo.causal(mask))
     # Prompts are left-padded: the last slot is real.
     last = net.apply({"params": params}, h[:, -1], method=Qwen3VL.logits)
     slots = p + cfg.max_new_tokens
     shape = k.shape[:2] + (slots,) + k.shape[3:]
-    key, sub = jax.random.split(key)
+    key, sub = jax.random.split(inputs.key)
     first, _ = choose_tokens(last[:, None], cfg, sub)
     carry = ARCarry(
         tokens=jnp.zeros((b, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first[:, 0]),
@@ -121,37 +117,56 @@ def _generate_ar_jit(model: Model, input_ids, mask, pixels, meta, image_grid_thw
         )
 
     out = jax.lax.while_loop(cond, body, carry)
-    return out.tokens, out.index
+    # AR is block size 1 with one step per block: a row's forwards are its tokens up to its EOS (the prefill
+    # produced the first).
+    made = produced_tokens(out.tokens, eos_token_id=cfg.eos_token_id, mask_token_id=None)
+    steps = (jnp.arange(cfg.max_new_tokens)[None, :] < made[:, None]).astype(jnp.int32)
+    return SampleResult(tokens=out.tokens, nfe=made, block_step_counts=steps, generated_tokens=made,
+                        tokens_per_forward=jnp.ones(made.shape, jnp.float32))
+
+
+_sample_ar_jit = jax.jit(_sample_ar_pure, static_argnames=("cfg",))
+
+
+def _checked(model: Model, input_ids: Any, config: Any, attention_mask: Any, vision_args: dict[str, Any], rng: Any,
+             entry: str):
+    check_settings(config, ARConfig, entry)
+    real = check_decoding_call(model, input_ids, attention_mask, *vision_args.values(), rng,
+                               token_ids={"eos_token_id": config.eos_token_id}, top_k=config.top_k,
+                               new_tokens=config.max_new_tokens)
+    if real is not None and not real[:, -1].all():
+        row = int(np.flatnonzero(~real[:, -1])[0])
+        raise InputError(f"attention_mask[{row}, -1] is 0: {entry} needs left-padded prompts (the last column a "
+                         f"real token in every row)")
+    return prepare(model, input_ids, attention_mask, *vision_args.values(), rng)
+
+
+def sample_ar(model: Model, input_ids: jax.Array, *, config: ARConfig, attention_mask: jax.Array | None = None,
+              pixel_values: jax.Array | None = None, image_grid_thw: jax.Array | None = None,
+              pixel_values_videos: jax.Array | None = None, video_grid_thw: jax.Array | None = None,
+              rng: jax.Array | None = None) -> SampleResult:
+    """Token-by-token decoding as a pure function of arrays (as `bj.sample`: callable inside the caller's jit).
+    Prompts left-padded. tokens [B, N]: after a row's EOS, EOS repeats; nfe = generated_tokens (one forward per
+    token, the prefill giving the first)."""
+    vision_args = dict(zip(VISION_ARGS, (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)))
+    check_arrays("sample_ar", input_ids=input_ids, attention_mask=attention_mask, **vision_args, rng=rng)
+    inputs = _checked(model, input_ids, config, attention_mask, vision_args, rng, "sample_ar")
+    return _sample_ar_jit(model.for_jit(), inputs, cfg=config)
 
 
 def generate_ar(model: Model, input_ids: Any, config: ARConfig, attention_mask: Any = None, pixel_values: Any = None,
                 image_grid_thw: Any = None, pixel_values_videos: Any = None, video_grid_thw: Any = None,
                 rng: jax.Array | None = None) -> SamplerOutput:
-    """Token-by-token decoding (prompts left-padded). tokens [B, N]: after a row's EOS, EOS repeats.
+    """Token-by-token decoding (prompts left-padded): `sample_ar` plus Python values, timing and numpy statistics.
+    tokens [B, N]: after a row's EOS, EOS repeats. stats: `nfe` (forwards the batch ran: the longest row's),
+    `generated_tokens` [B], `tokens_per_forward` 1.0, `seconds`.
 
-    Arguments are checked on the host before anything is compiled, as `bj.generate` does; the prompts must be
-    left-padded (the last column real in every row: its logits give the first new token)."""
-    if not isinstance(config, ARConfig):
-        raise InputError(f"config must be an ARConfig, got {type(config).__name__}")
-    real = check_decoding_call(model, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
-                               video_grid_thw, rng, token_ids={"eos_token_id": config.eos_token_id},
-                               top_k=config.top_k, new_tokens=config.max_new_tokens)
-    if real is not None and not real[:, -1].all():
-        row = int(np.flatnonzero(~real[:, -1])[0])
-        raise InputError(f"attention_mask[{row}, -1] is 0: generate_ar needs left-padded prompts (the last column a "
-                         f"real token in every row)")
-    c = model.config
-    ids = jnp.asarray(input_ids, jnp.int32)
-    mask = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-    vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
-    pixels, meta, n_img = vis if vis is not None else (None, None, 0)
+    Arguments are checked on the host before anything is compiled, as `bj.generate` does."""
+    vision_args = dict(zip(VISION_ARGS, (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)))
+    inputs = _checked(model, input_ids, config, attention_mask, vision_args, rng, "generate_ar")
     t0 = time.perf_counter()
-    tokens, steps = _generate_ar_jit(model.for_jit(), ids, mask, pixels, meta, image_grid_thw, video_grid_thw,
-                                     rng if rng is not None else jax.random.key(0), cfg=config,
-                                     num_image_windows=n_img)
-    tokens = np.asarray(jax.block_until_ready(tokens))
+    result = jax.block_until_ready(_sample_ar_jit(model.for_jit(), inputs, cfg=config))
     seconds = time.perf_counter() - t0
-    produced = np.array([int(np.argmax(r == config.eos_token_id)) + 1 if (r == config.eos_token_id).any()
-                         else len(r) for r in tokens])
-    return SamplerOutput(tokens, {"nfe": int(steps), "generated_tokens": produced, "tokens_per_forward": 1.0,
-                                  "seconds": seconds})
+    made = np.asarray(result.generated_tokens)
+    return SamplerOutput(np.asarray(result.tokens), {"nfe": int(made.max()), "generated_tokens": made,
+                                                     "tokens_per_forward": 1.0, "seconds": seconds})

@@ -4,8 +4,12 @@ denoising steps, with a preallocated KV cache (spec section 6).
 Letters: B batch, P prompt length (bucket), b block size, N blocks, C cache slots = P + N*b, L layers,
 K kv heads, H head dim, V vocab.
 
-Per row: its own prompt length (left padding), positions, EOS. A row that emitted EOS is frozen (its later blocks
-stay mask ids) while the others go on; each row's tokens equal those of decoding it alone.
+Per row: its own prompt length (left padding), positions, EOS, images. A row that emitted EOS is frozen (its later
+blocks stay mask ids) while the others go on; each row's tokens equal those of decoding it alone.
+
+`sample` is the pure function (no host work; a caller's `jax.jit` may wrap it). `generate` is the convenient
+wrapper: it also accepts Python values, caches compiled programs per shape, times the prefill and the decode and
+returns numpy statistics.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bard_jax.errors import InputError
 from bard_jax.model.attention import PLAIN, TokenInfo
+from bard_jax.model.example_vision import ExampleVision, example_positions, per_example_vision
 from bard_jax.model.hidden import hidden_states
-from bard_jax.model.inputs import VisionInputs, check_inputs, check_length, shared_vision, text_positions, vision_inputs
 from bard_jax.model.positions import response_positions
 from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
-from bard_jax.modeling import Model, check_model, network
+from bard_jax.modeling import Model, network
 from bard_jax.sampler.config import SamplingConfig
+from bard_jax.sampler.inputs import VISION_ARGS, check_arrays, check_decoding_call, check_settings, prepare
+from bard_jax.sampler.result import SampleResult, summarize
 from bard_jax.sampler.select import choose_tokens, select_transfer
 
 # Block id of the block being decoded: larger than any cached block, so it sees the whole valid cache.
@@ -80,16 +85,22 @@ def _write_cache(carry: Carry, kv, start, block_index) -> Carry:
     )
 
 
-def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, vision: VisionInputs | None,
-             image_grid_thw, video_grid_thw, key):
-    """Run the prompt with the block-causal prompt mask; return the initial carry and next positions [B]."""
+def encode_prompt(net, params, input_ids, attention_mask, vision: ExampleVision, info: TokenInfo):
+    """The prompt through the model with per-example vision: hidden [B, P, D], (k, v) per layer, next positions [B].
+    Shared by both decoders (they differ in the prompt mask `info`)."""
     c = net.config
+    positions, next_pos = example_positions(c, input_ids, attention_mask, vision.image_grid, vision.video_grid)
+    groups = None if vision.empty else per_example_vision(c, vision.image_pixels, vision.image_grid, input_ids,
+                                                          vision.video_pixels, vision.video_grid)
+    h, kv = hidden_states(net, params, input_ids, positions, info, vision=groups)
+    return h, kv, next_pos
+
+
+def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, vision: ExampleVision, key):
+    """Run the prompt with the block-causal prompt mask; return the initial carry and next positions [B]."""
     b, p = input_ids.shape
-    positions, next_pos = text_positions(c, input_ids, attention_mask, image_grid_thw, video_grid_thw)
     info = TokenInfo.block_causal(attention_mask, cfg.block_size)
-    # The prompts' pixel rows stay concatenated over the batch (one vision group shared by all rows).
-    groups = None if vision is None else shared_vision(c, vision, input_ids)
-    _, (k, v) = hidden_states(net, params, input_ids, positions, info, vision=groups)
+    _, (k, v), next_pos = encode_prompt(net, params, input_ids, attention_mask, vision, info)
     slots = p + cfg.num_blocks * cfg.block_size
     shape = k.shape[:2] + (slots,) + k.shape[3:]
     prompt_blocks = jnp.max(info.block, axis=-1) + 1  # per row: ceil(real prompt length / b)
@@ -114,6 +125,7 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
     bs = cfg.block_size
     schedule = jnp.asarray(cfg.transfer_schedule(), jnp.int32)
     rows = next_pos.shape[0]
+    reuse = cfg.commit == "reuse"
 
     def block_cond(c: Carry):
         return (c.block < cfg.num_blocks) & ~jnp.all(c.done)
@@ -122,7 +134,8 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
         positions = response_positions(next_pos, bs, c.block * bs, xp=jnp)
         active = ~c.done
         x0 = jnp.full((rows, bs), cfg.mask_token_id, jnp.int32)
-        kv0 = jax.tree_util.tree_map(
+        # commit="reuse" keeps the last denoising forward's K/V; "forward" recomputes them, so it carries none.
+        kv0 = None if not reuse else jax.tree_util.tree_map(
             lambda a: jnp.zeros(a.shape[:2] + (bs,) + a.shape[3:], a.dtype), (c.cache_k, c.cache_v)
         )
 
@@ -138,7 +151,7 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
             masked = x == cfg.mask_token_id
             transfer = select_transfer(conf, masked, schedule[step], cfg, threshold) & active[:, None]
             counts = counts + (active & jnp.any(masked, axis=-1)).astype(jnp.int32)
-            return jnp.where(transfer, tok, x), step + 1, counts, key, kv
+            return jnp.where(transfer, tok, x), step + 1, counts, key, kv if reuse else None
 
         x, _, counts, key, last_kv = jax.lax.while_loop(
             step_cond, step_body, (x0, jnp.zeros((), jnp.int32), jnp.zeros((rows,), jnp.int32), c.key, kv0)
@@ -151,64 +164,92 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
         finished = active & jnp.any(x == cfg.eos_token_id, axis=-1)
         c = c.replace(tokens=tokens, steps=steps, key=key, done=c.done | finished)
         commit_rows = active & ~finished
-        if cfg.commit == "forward":
-            _, kv = _forward_block(net, params, x, positions, c)
-        else:
-            kv = last_kv
+        kv = last_kv if reuse else _forward_block(net, params, x, positions, c)[1]
         c = _write_cache(c, kv, prompt_len + start, prompt_blocks.max() + c.block)
         return c.replace(commits=c.commits + commit_rows.astype(jnp.int32), block=c.block + 1)
 
     return jax.lax.while_loop(block_cond, block_body, carry)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_image_windows"))
-def _prefill_jit(model: Model, input_ids, attention_mask, pixels, meta, image_grid_thw, video_grid_thw, key, *,
-                 cfg, num_image_windows):
+def _result(carry: Carry, cfg: SamplingConfig) -> SampleResult:
+    return summarize(carry.tokens, carry.steps, carry.commits, eos_token_id=cfg.eos_token_id,
+                     mask_token_id=cfg.mask_token_id)
+
+
+def _sample_pure(model: Model, inputs, threshold, cfg: SamplingConfig) -> SampleResult:
+    """Prefill, decode, statistics: the whole of `sample` once the arguments are prepared."""
     net = network(model.config, None, "none", True)
-    vision = None if pixels is None else VisionInputs(pixels, meta, num_image_windows)
-    return _prefill(net, model.params, cfg, input_ids, attention_mask, vision, image_grid_thw, video_grid_thw, key)
+    carry, next_pos, prompt_blocks = _prefill(net, model.params, cfg, inputs.input_ids, inputs.attention_mask,
+                                              inputs.vision, inputs.key)
+    carry = _decode(net, model.params, cfg, carry, next_pos, prompt_blocks, threshold, inputs.input_ids.shape[1])
+    return _result(carry, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("carry",))
+# `sample` compiles through this (called eagerly: one program per shapes and settings); under the caller's jit it
+# is inlined into the caller's program.
+_sample_jit = jax.jit(_sample_pure, static_argnames=("cfg",))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _prefill_jit(model: Model, inputs, *, cfg):
+    net = network(model.config, None, "none", True)
+    return _prefill(net, model.params, cfg, inputs.input_ids, inputs.attention_mask, inputs.vision, inputs.key)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, threshold, *, cfg):
     net = network(model.config, None, "none", True)
-    return _decode(net, model.params, cfg, carry, next_pos, prompt_blocks, threshold,
-                   carry.cache_valid.shape[1] - cfg.num_blocks * cfg.block_size)
+    carry = _decode(net, model.params, cfg, carry, next_pos, prompt_blocks, threshold,
+                    carry.cache_valid.shape[1] - cfg.num_blocks * cfg.block_size)
+    return _result(carry, cfg)
 
 
-def check_rng(rng: Any) -> None:
-    """None or a PRNG key: a typed key (`jax.random.key(seed)`) or a raw uint32[2] one (`jax.random.PRNGKey`)."""
-    if rng is None:
-        return
-    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape == ():
-        return
-    if isinstance(rng, (jax.Array, np.ndarray)):
-        if rng.dtype == np.uint32 and rng.shape == (2,):
-            return
-        shown = f"an array of dtype {rng.dtype} and shape {rng.shape}"
-    else:
-        shown = f"{rng!r} ({type(rng).__name__})"
-    raise InputError(f"rng must be None or one PRNG key such as jax.random.key(0), got {shown}")
+def _checked(model: Model, input_ids: Any, config: Any, attention_mask: Any, vision_args: dict[str, Any], rng: Any,
+             entry: str):
+    check_settings(config, SamplingConfig, entry)
+    new = config.num_blocks * config.block_size
+    check_decoding_call(model, input_ids, attention_mask, *vision_args.values(), rng,
+                        token_ids={"mask_token_id": config.mask_token_id, "eos_token_id": config.eos_token_id},
+                        top_k=config.top_k, new_tokens=new,
+                        detail=f" (max_new_tokens {config.max_new_tokens} in whole blocks of {config.block_size})"
+                        if new != config.max_new_tokens else "")
+    return prepare(model, input_ids, attention_mask, *vision_args.values(), rng)
 
 
-def check_decoding_call(model: Model, input_ids: Any, attention_mask: Any, pixel_values: Any, image_grid_thw: Any,
-                        pixel_values_videos: Any, video_grid_thw: Any, rng: Any, *, token_ids: dict[str, int],
-                        top_k: int, new_tokens: int, detail: str = "") -> np.ndarray | None:
-    """The host-side checks a decoder runs before compiling anything: the model, the settings' token ids
-    (`token_ids`: name -> id) and top_k against its vocabulary, the inputs (`check_inputs`; every row needs a real
-    token), prompt length + `new_tokens` against its positions, the key. Returns the mask as host bools (or None)."""
-    check_model(model)
-    c = model.config
-    for name, value in token_ids.items():
-        if not 0 <= value < c.text.vocab_size:
-            raise InputError(f"{name} {value} outside the vocabulary [0, {c.text.vocab_size})")
-    if top_k > c.text.vocab_size:
-        raise InputError(f"top_k {top_k} exceeds the vocabulary size {c.text.vocab_size}")
-    real = check_inputs(c, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
-                        video_grid_thw, require_prompt=True)
-    check_length(c, np.shape(input_ids)[1], new_tokens, detail)
-    check_rng(rng)
-    return real
+def sample(
+    model: Model,
+    input_ids: jax.Array,
+    *,
+    config: SamplingConfig,
+    attention_mask: jax.Array | None = None,
+    pixel_values: jax.Array | None = None,
+    image_grid_thw: jax.Array | None = None,
+    pixel_values_videos: jax.Array | None = None,
+    video_grid_thw: jax.Array | None = None,
+    rng: jax.Array | None = None,
+) -> SampleResult:
+    """Block-diffusion decoding as a pure function of arrays: callable inside the caller's `jax.jit` with the
+    parameters traced (rebuild `bj.Model(params, config)` inside; the settings are a static closure constant).
+
+    Args:
+      model: `bj.Model`.
+      input_ids: [B, T] prompts, left padding marked by `attention_mask` [B, T].
+      config: `SamplingConfig` (hashable; compiled in).
+      pixel_values, image_grid_thw (and the video pair): per example ([B, P, C] with [B, I, 3]; see
+        `bard_jax.model.example_vision`) or concatenated over the batch ([P, C] with [I, 3]). Under a trace the
+        concatenated layout is accepted for one row only (regrouping reads the grids' values).
+      rng: a PRNG key (temperature > 0); None means `jax.random.key(0)`.
+    Returns:
+      `SampleResult` of jax arrays: tokens [B, N*b], nfe [B], block_step_counts [B, N], generated_tokens [B],
+      tokens_per_forward [B].
+
+    Every argument is checked before tracing (values only where they are concrete): an `InputError` names it.
+    """
+    vision_args = dict(zip(VISION_ARGS, (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)))
+    check_arrays("bj.sample", input_ids=input_ids, attention_mask=attention_mask, **vision_args, rng=rng)
+    inputs = _checked(model, input_ids, config, attention_mask, vision_args, rng, "bj.sample")
+    return _sample_jit(model.for_jit(), inputs, jnp.float32(config.confidence_threshold),
+                       cfg=config.decode_settings())
 
 
 def generate(
@@ -222,61 +263,41 @@ def generate(
     video_grid_thw: Any = None,
     rng: jax.Array | None = None,
 ) -> SamplerOutput:
-    """Block-diffusion decoding of a batch of prompts (left padding marked by `attention_mask`).
+    """Block-diffusion decoding of a batch of prompts (left padding marked by `attention_mask`): `sample` plus
+    conveniences (Python values accepted, timings, numpy statistics).
 
     Returns tokens [B, ceil(max_new_tokens / b) * b] and stats: `nfe` [B] (1 prefill + denoising forwards +
-    commits), `nfe_total`, `block_step_counts` [B, N], `tokens_per_forward` [B] (tokens up to and including the
-    first EOS per denoising forward), `prefill_seconds`, `decode_seconds`.
+    commits), `nfe_total`, `block_step_counts` [B, N], `denoising_forwards` [B], `generated_tokens` [B],
+    `tokens_per_forward` [B] (tokens up to and including the first EOS per denoising forward), `prefill_seconds`,
+    `decode_seconds`.
 
     Every argument is checked on the host before anything is compiled (see `check_decoding_call`): a mistake is
     an `InputError` naming the argument and the value.
     """
-    if not isinstance(config, SamplingConfig):
-        raise InputError(f"config must be a bard_jax.SamplingConfig, got {type(config).__name__}")
-    new = config.num_blocks * config.block_size
-    check_decoding_call(model, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
-                        video_grid_thw, rng, token_ids={"mask_token_id": config.mask_token_id,
-                                                        "eos_token_id": config.eos_token_id},
-                        top_k=config.top_k, new_tokens=new,
-                        detail=f" (max_new_tokens {config.max_new_tokens} in whole blocks of {config.block_size})"
-                        if new != config.max_new_tokens else "")
-    c = model.config
-    input_ids = jnp.asarray(input_ids, jnp.int32)
-    mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-    vis = vision_inputs(c, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
-    pixels, meta, n_img = vis if vis is not None else (None, None, 0)
-    key = rng if rng is not None else jax.random.key(0)
+    vision_args = dict(zip(VISION_ARGS, (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)))
+    inputs = _checked(model, input_ids, config, attention_mask, vision_args, rng, "bj.generate")
     # Compiled once per model architecture, shapes and the settings each part depends on: the prefill only on the
     # block layout, the decode loop on everything but the confidence threshold (a traced value, so a threshold
     # sweep reuses one compiled loop).
     jit_model = model.for_jit()
     t0 = time.perf_counter()
-    carry, next_pos, prompt_blocks = _prefill_jit(jit_model, input_ids, mask, pixels, meta, image_grid_thw,
-                                                  video_grid_thw, key, cfg=config.prefill_settings(),
-                                                  num_image_windows=n_img)
+    carry, next_pos, prompt_blocks = _prefill_jit(jit_model, inputs, cfg=config.prefill_settings())
     jax.block_until_ready(carry)
     t1 = time.perf_counter()
-    carry = _decode_jit(jit_model, carry, next_pos, prompt_blocks, jnp.float32(config.confidence_threshold),
-                        cfg=config.decode_settings())
-    tokens = jax.block_until_ready(carry.tokens)
+    result = _decode_jit(jit_model, carry, next_pos, prompt_blocks, jnp.float32(config.confidence_threshold),
+                         cfg=config.decode_settings())
+    result = jax.block_until_ready(result)
     t2 = time.perf_counter()
-    steps = np.asarray(carry.steps)
-    nfe = 1 + steps.sum(axis=1) + np.asarray(carry.commits)
-    toks = np.asarray(tokens)
-    produced = []
-    for row in toks:
-        eos = np.nonzero(row == config.eos_token_id)[0]
-        upto = row[: eos[0] + 1] if len(eos) else row
-        produced.append(int(np.sum(upto != config.mask_token_id)))
-    produced = np.asarray(produced)
+    steps = np.asarray(result.block_step_counts)
+    nfe = np.asarray(result.nfe)
     stats = {
         "nfe": nfe,
         "nfe_total": int(nfe.sum()),
         "block_step_counts": steps,
         "denoising_forwards": steps.sum(axis=1),
-        "generated_tokens": produced,
-        "tokens_per_forward": produced / np.maximum(steps.sum(axis=1), 1),
+        "generated_tokens": np.asarray(result.generated_tokens),
+        "tokens_per_forward": np.asarray(result.tokens_per_forward, np.float64),
         "prefill_seconds": t1 - t0,
         "decode_seconds": t2 - t1,
     }
-    return SamplerOutput(tokens, stats)
+    return SamplerOutput(result.tokens, stats)

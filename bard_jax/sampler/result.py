@@ -1,0 +1,50 @@
+"""`SampleResult`: what the pure decoders return, all jax arrays (a pytree, so it leaves the caller's `jax.jit`).
+
+Letters: B batch, N blocks, b block size.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class SampleResult:
+    """Tokens and decode statistics per row.
+
+    tokens: [B, N*b] int32; after a row's EOS its later blocks hold the mask id (the AR decoder: EOS repeats).
+    nfe: [B] int32 forwards the row needed: the prefill, its denoising forwards and its commit forwards.
+    block_step_counts: [B, N] int32 denoising forwards per block (0 for blocks after the row's EOS).
+    generated_tokens: [B] int32 decoded tokens up to and including the first EOS.
+    tokens_per_forward: [B] float32 generated_tokens / denoising forwards.
+    """
+
+    tokens: jax.Array
+    nfe: jax.Array
+    block_step_counts: jax.Array
+    generated_tokens: jax.Array
+    tokens_per_forward: jax.Array
+
+
+def produced_tokens(tokens_bn: jax.Array, *, eos_token_id: int, mask_token_id: int | None) -> jax.Array:
+    """[B] tokens up to and including each row's first EOS that are not the mask id."""
+    is_eos = tokens_bn == eos_token_id
+    before_first_eos = (jnp.cumsum(is_eos, axis=-1) - is_eos) == 0  # up to and including the first EOS
+    decoded = before_first_eos if mask_token_id is None else before_first_eos & (tokens_bn != mask_token_id)
+    return jnp.sum(decoded, axis=-1).astype(jnp.int32)
+
+
+def summarize(tokens_bn: jax.Array, steps_bn: jax.Array, commits_b: jax.Array, *, eos_token_id: int,
+              mask_token_id: int | None) -> SampleResult:
+    """The result of a decode: `steps_bn` denoising forwards per block, `commits_b` commit forwards, one prefill."""
+    denoising = jnp.sum(steps_bn, axis=-1).astype(jnp.int32)
+    made = produced_tokens(tokens_bn, eos_token_id=eos_token_id, mask_token_id=mask_token_id)
+    return SampleResult(
+        tokens=tokens_bn,
+        nfe=(1 + denoising + commits_b).astype(jnp.int32),
+        block_step_counts=steps_bn.astype(jnp.int32),
+        generated_tokens=made,
+        tokens_per_forward=made.astype(jnp.float32) / jnp.maximum(denoising, 1).astype(jnp.float32),
+    )
