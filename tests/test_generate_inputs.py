@@ -51,7 +51,8 @@ def trace_listener():
 def compile_state():
     """Everything traced or compiled so far: the trace / compile events and the entry points' jit caches."""
     return (len(_events), sampler_impl._prefill_jit._cache_size(), sampler_impl._decode_jit._cache_size(),
-            ar_impl._generate_ar_jit._cache_size(), modeling._forward_jit._cache_size())
+            ar_impl._sample_ar_jit._cache_size(), modeling._forward_jit._cache_size(),
+            sampler_impl._sample_jit._cache_size())
 
 
 @contextlib.contextmanager
@@ -238,6 +239,51 @@ def test_inputs_the_checks_accept(model):
     assert check_inputs(c, video, None, None, None, pixels(40), [[2, 4, 4], [0, 0, 0]]) is None
 
 
+def per_row(rows: int, *grids) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example pixels [B, rows, C] and grids [B, I, 3] (each row's grid list padded with zero rows)."""
+    width = max(len(g) for g in grids)
+    grid = np.zeros((len(grids), width, 3), np.int64)
+    for b, g in enumerate(grids):
+        grid[b, : len(g)] = g
+    return np.zeros((len(grids), rows, 1536), np.float32), grid
+
+
+TWO_ROWS = np.concatenate([image_prompt(4), image_prompt(4)], 0)  # one 4-token image in each row
+DECODER_VISION_MISTAKES = {
+    "per-example pixels for another batch size": (
+        dict(ids=TWO_ROWS, vision=per_row(16, [[1, 4, 4]])),
+        ("per-example pixel_values (1, 16, 1536) and image_grid_thw (1, 1, 3) must be [B, P, C] and [B, I, 3] with "
+         "B = 2",)),
+    "a row whose placeholders miss its own grid": (
+        dict(ids=TWO_ROWS, vision=per_row(16, [[1, 4, 4]], [[1, 2, 2]])),
+        ("batch row 1 (per-example vision)", "needs 1 <|image_pad|>", "has 4")),
+    "too few pixel rows in one row": (
+        dict(ids=TWO_ROWS, vision=per_row(12, [[1, 4, 4]], [[1, 4, 4]])),
+        ("batch row 0 (per-example vision)", "image_grid_thw needs 16 pixel rows", "pixel_values has 12")),
+    "images per example, videos concatenated": (
+        dict(ids=np.array([[5] + [IMG] * 4 + [6] + [VID] * 4 + [7]]), vision=per_row(16, [[1, 4, 4]]),
+             pixel_values_videos=pixels(16), video_grid_thw=[[1, 4, 4]]),
+        ("pixel_values and pixel_values_videos must use the same layout",)),
+    "a video's slices in two rows": (
+        dict(ids=np.array([[5] + [VID] * 4 + [7], [6] + [VID] * 4 + [7]]), pixel_values_videos=pixels(32),
+             video_grid_thw=[[2, 4, 4]]),
+        ("video 0 (video_grid_thw[0] = [2, 4, 4]) has its 2 temporal slices' placeholder runs in several rows "
+         "[0, 1]",)),
+}
+
+
+@pytest.mark.parametrize("entry", ["generate", "ar"])
+@pytest.mark.parametrize("case", sorted(DECODER_VISION_MISTAKES))
+def test_decoder_vision_layouts_that_do_not_fit(model, entry, case):
+    """The decoders take pixels per example too ([B, P, C], [B, I, 3]); mistakes name the row."""
+    kw = dict(DECODER_VISION_MISTAKES[case][0])
+    ids = kw.pop("ids")
+    if "vision" in kw:
+        kw["pixel_values"], kw["image_grid_thw"] = kw.pop("vision")
+    with fails_before_compiling(*DECODER_VISION_MISTAKES[case][1]):
+        call(entry, model, ids, **kw)
+
+
 @pytest.mark.parametrize("entry,length,fragments", [
     ("generate", 8186, ("prompt length 8186 + 8 new tokens = 8194", "max positions (max_position_embeddings 8192)")),
     ("ar", 8190, ("prompt length 8190 + 4 new tokens = 8194", "max_position_embeddings 8192")),
@@ -327,7 +373,7 @@ def test_wrong_objects_in_place_of_the_model_settings_and_key(model):
     ids = np.array([[1, 2]])
     with fails_before_compiling("config must be a bard_jax.SamplingConfig, got ARConfig"):
         bj.generate(model, ids, AR)
-    with fails_before_compiling("config must be an ARConfig, got SamplingConfig"):
+    with fails_before_compiling("config must be a bard_jax.sampler.ar.ARConfig, got SamplingConfig"):
         generate_ar(model, ids, CFG)
     for entry in ENTRIES:
         with fails_before_compiling("model must be a bard_jax.Model", "got dict"):

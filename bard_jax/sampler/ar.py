@@ -130,7 +130,7 @@ _sample_ar_jit = jax.jit(_sample_ar_pure, static_argnames=("cfg",))
 
 def _checked(model: Model, input_ids: Any, config: Any, attention_mask: Any, vision_args: dict[str, Any], rng: Any,
              entry: str):
-    check_settings(config, ARConfig, entry)
+    check_settings(config, ARConfig, "bard_jax.sampler.ar.ARConfig", entry)
     real = check_decoding_call(model, input_ids, attention_mask, *vision_args.values(), rng,
                                token_ids={"eos_token_id": config.eos_token_id}, top_k=config.top_k,
                                new_tokens=config.max_new_tokens)

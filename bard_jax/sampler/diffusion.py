@@ -206,7 +206,7 @@ def _decode_jit(model: Model, carry: Carry, next_pos, prompt_blocks, threshold, 
 
 def _checked(model: Model, input_ids: Any, config: Any, attention_mask: Any, vision_args: dict[str, Any], rng: Any,
              entry: str):
-    check_settings(config, SamplingConfig, entry)
+    check_settings(config, SamplingConfig, "bard_jax.SamplingConfig", entry)
     new = config.num_blocks * config.block_size
     check_decoding_call(model, input_ids, attention_mask, *vision_args.values(), rng,
                         token_ids={"mask_token_id": config.mask_token_id, "eos_token_id": config.eos_token_id},

@@ -49,11 +49,11 @@ def check_rng(rng: Any) -> None:
     raise InputError(f"rng must be None or one PRNG key such as jax.random.key(0), got {shown}")
 
 
-def check_settings(config: Any, expected: type, entry: str) -> None:
-    """The settings object: the right class, and hashable (it is a static argument of the compiled function)."""
+def check_settings(config: Any, expected: type, shown: str, entry: str) -> None:
+    """The settings object: the right class (`shown`: how to name it), and hashable (it is a static argument of
+    the compiled function)."""
     if not isinstance(config, expected):
-        raise InputError(f"config must be a {expected.__module__.split('.')[0]}.{expected.__name__}, got "
-                         f"{type(config).__name__}")
+        raise InputError(f"config must be a {shown}, got {type(config).__name__}")
     try:
         hash(config)
     except TypeError as e:
@@ -105,32 +105,38 @@ def check_decoding_call(model: Model, input_ids: Any, attention_mask: Any, pixel
 
 def prepare(model: Model, input_ids: Any, attention_mask: Any, pixel_values: Any, image_grid_thw: Any,
             pixel_values_videos: Any, video_grid_thw: Any, rng: Any) -> DecodeInputs:
-    """Checked arguments -> the compiled function's: ids int32, mask bool, vision per example, a key (0 if None)."""
+    """Checked arguments -> the compiled function's: ids int32, mask bool, vision per example, a key (0 if None).
+    The host-side regrouping (which can still refuse a video whose slices lie in several rows) runs first, before
+    any jax operation."""
+    vision = _example_vision(model, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                             video_grid_thw)
     ids = jnp.asarray(input_ids, jnp.int32)
     mask = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     key = rng if rng is not None else jax.random.key(0)
-    vision = ExampleVision(None, None, None, None)
+    return DecodeInputs(ids, mask, vision, key)
+
+
+def _example_vision(model: Model, input_ids: Any, attention_mask: Any, pixel_values: Any, image_grid_thw: Any,
+                    pixel_values_videos: Any, video_grid_thw: Any) -> ExampleVision:
     if pixel_values is None and pixel_values_videos is None:
-        return DecodeInputs(ids, mask, vision, key)
+        return ExampleVision(None, None, None, None)
+    as_int = (lambda g: None if g is None else jnp.asarray(g, jnp.int32))
+    as_array = (lambda a: None if a is None else jnp.asarray(a))
     if _per_example(pixel_values) or _per_example(pixel_values_videos):
-        as_int = (lambda g: None if g is None else jnp.asarray(g, jnp.int32))
-        vision = ExampleVision(None if pixel_values is None else jnp.asarray(pixel_values), as_int(image_grid_thw),
-                               None if pixel_values_videos is None else jnp.asarray(pixel_values_videos),
-                               as_int(video_grid_thw))
-        return DecodeInputs(ids, mask, vision, key)
+        return ExampleVision(as_array(pixel_values), as_int(image_grid_thw), as_array(pixel_values_videos),
+                             as_int(video_grid_thw))
     given = (input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
     if any(isinstance(a, jax.core.Tracer) for a in given):
-        if ids.shape[0] != 1:
-            raise InputError(f"under jax.jit the decoders need per-example vision for a batch of {ids.shape[0]} rows "
+        batch = np.shape(input_ids)[0]
+        if batch != 1:
+            raise InputError(f"under jax.jit the decoders need per-example vision for a batch of {batch} rows "
                              f"(pixel_values [B, P, C] with image_grid_thw [B, I, 3]; "
                              f"bard_jax.model.example_vision.split_by_example builds them outside jit): regrouping "
                              f"the concatenated layout reads the grids' values")
-        expand = (lambda a, dtype=None: None if a is None else jnp.asarray(a, dtype).reshape((1,) + jnp.shape(a)[-2:]))
-        vision = ExampleVision(expand(pixel_values), expand(image_grid_thw, jnp.int32), expand(pixel_values_videos),
-                               expand(video_grid_thw, jnp.int32))
-        return DecodeInputs(ids, mask, vision, key)
+        one_row = (lambda a: None if a is None else jnp.reshape(a, (1,) + jnp.shape(a)[-2:]))
+        return ExampleVision(one_row(as_array(pixel_values)), one_row(as_int(image_grid_thw)),
+                             one_row(as_array(pixel_values_videos)), one_row(as_int(video_grid_thw)))
     host = split_by_example(model.config, np.asarray(input_ids), None if attention_mask is None else
                             np.asarray(attention_mask), pixel_values, image_grid_thw, pixel_values_videos,
                             video_grid_thw)
-    vision = ExampleVision(*(None if a is None else jnp.asarray(a) for a in host))
-    return DecodeInputs(ids, mask, vision, key)
+    return ExampleVision(*(as_array(a) for a in host))
