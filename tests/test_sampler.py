@@ -3,132 +3,72 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers_sampler import EOS, MASK, image_prompt, reference_generate, sharp_model, video_prompt
 
 import bard_jax as bj
-from bard_jax.model.attention import PLAIN, TokenInfo
-from bard_jax.model.inputs import vision_inputs, window_index
-from bard_jax.model.positions import rope_position_ids
-from bard_jax.model.vlm import Qwen3VL
-from bard_jax.modeling import network
 from bard_jax.sampler import diffusion as sampler_impl
 
-MASK, EOS = 1023, 1022
-
-
-def sharp_model(tied: bool, seed: int = 0) -> bj.Model:
-    """A random tiny model with peaked predictions (a random model is otherwise near-uniform)."""
-    cfg = bj.preset("tiny").replace(tie_word_embeddings=tied)
-    params = bj.init_params(cfg, jax.random.key(seed))
-    if tied:  # sharpen through the final norm: the head is the embedding table
-        params["language_model"]["norm"]["scale"] = params["language_model"]["norm"]["scale"] * 25
-    else:
-        params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 60
-    return bj.Model(params, cfg)
-
-
-def full_forward_logits(model, seq, prompt_len, b, grid=None, pixels=None):
-    """Logits of `seq` = [prompt | response blocks] recomputed from scratch (no cache): prompt chunks i // b,
-    response block j -> ceil(P / b) + j, every block sees all earlier blocks and itself."""
-    c = model.config
-    n = len(seq)
-    blk = np.concatenate([np.arange(prompt_len) // b, math.ceil(prompt_len / b) + np.arange(n - prompt_len) // b])
-    info = TokenInfo(block=jnp.asarray(blk[None], jnp.int32), kind=jnp.full((1, n), PLAIN, jnp.int32),
-                     valid=jnp.ones((1, n), bool))
-    ids = np.asarray(seq)[None]
-    pos, _ = rope_position_ids(ids, None, grid, None, image_token_id=c.image_token_id,
-                               video_token_id=c.video_token_id, spatial_merge_size=2, xp=np)
-    return np.asarray(_plain_forward(model, jnp.asarray(ids, jnp.int32), jnp.asarray(pos), info, pixels, grid),
-                      np.float64)
-
-
-@jax.jit
-def _plain_forward(model, ids, pos, info, pixels, grid):
-    """One ordinary forward (jitted only to keep the test fast; no cache, no sampler code)."""
-    c = model.config
-    net, p = network(c), {"params": model.params}
-    vision, windows = None, None
-    if pixels is not None:
-        vis = vision_inputs(c, pixels, grid)
-        vision = net.apply(p, vis.pixels_pc, vis.meta, method=Qwen3VL.encode_vision)
-        windows = window_index(c, ids, vis.num_image_windows)
-    x, deep = net.apply(p, ids, vision, windows, method=Qwen3VL.embed)
-    h, _ = net.apply(p, x, pos, info, deep, method=Qwen3VL.decode)
-    return net.apply(p, h[0], method=Qwen3VL.logits)
-
-
-def reference_generate(model, prompt, cfg: bj.SamplingConfig, grid=None, pixels=None):
-    """The spec's algorithm, one full forward at a time, greedy. Returns tokens and step counts per block."""
-    b, s = cfg.block_size, cfg.denoising_steps
-    base, extra = divmod(b, s)
-    quota = [base + (1 if i < extra else 0) for i in range(s)]
-    seq, out, counts = list(prompt), [], []
-    for _ in range(cfg.num_blocks):
-        x = np.full(b, cfg.mask_token_id)
-        steps = 0
-        for step in range(s):
-            masked = x == cfg.mask_token_id
-            if not masked.any():
-                break
-            steps += 1
-            logits = full_forward_logits(model, seq + list(x), len(prompt), b, grid, pixels)[-b:]
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            tok = logits.argmax(-1)
-            conf = probs[np.arange(b), tok]
-            k = min(quota[step], int(masked.sum()))
-            order = sorted(np.nonzero(masked)[0], key=lambda i: (-conf[i], i))
-            transfer = np.zeros(b, bool)
-            transfer[order[:k]] = True
-            if cfg.strategy == "low_confidence_dynamic":
-                confident = masked & (conf > cfg.confidence_threshold)
-                if confident.sum() >= quota[step]:
-                    transfer = confident
-            x = np.where(transfer, tok, x)
-        counts.append(steps)
-        out += list(x)
-        if (x == cfg.eos_token_id).any():
-            break
-        seq += list(x)
-    n = cfg.num_blocks * b
-    return np.array(out + [cfg.mask_token_id] * (n - len(out))), counts + [0] * (cfg.num_blocks - len(counts))
-
-
+SAMPLED = dict(temperature=0.8, top_k=20, top_p=0.9)
 CASES = [
-    # (strategy, block size, steps, threshold, tied, image)
-    ("low_confidence_static", 4, 4, 0.9, False, False),
-    ("low_confidence_static", 4, 2, 0.9, True, True),
-    pytest.param("low_confidence_static", 2, 1, 0.9, False, True, marks=pytest.mark.slow),  # suite time
-    ("low_confidence_dynamic", 4, 4, 0.6, False, False),
-    ("low_confidence_dynamic", 8, 3, 0.5, True, False),
-    pytest.param("low_confidence_dynamic", 4, 2, 0.7, False, True, marks=pytest.mark.slow),  # suite time
+    # (strategy, block size, steps, threshold, tied, vision, other settings)
+    ("low_confidence_static", 4, 4, 0.9, False, None, {}),
+    ("low_confidence_static", 4, 2, 0.9, True, "image", {}),
+    pytest.param("low_confidence_static", 2, 1, 0.9, False, "image", {}, marks=pytest.mark.slow),  # suite time
+    ("low_confidence_dynamic", 4, 4, 0.6, False, None, {}),
+    ("low_confidence_dynamic", 8, 3, 0.5, True, None, {}),
+    pytest.param("low_confidence_dynamic", 4, 2, 0.7, False, "image", {}, marks=pytest.mark.slow),  # suite time
+    ("low_confidence_dynamic", 4, 3, 0.8, False, None, SAMPLED),
+    ("low_confidence_static", 4, 3, 0.9, False, None, dict(commit="reuse")),
+    ("low_confidence_dynamic", 4, 2, 0.6, True, "video", {}),
+    pytest.param("low_confidence_static", 4, 2, 0.9, False, None, dict(SAMPLED, commit="reuse"),
+                 marks=pytest.mark.slow),
+    pytest.param("low_confidence_dynamic", 4, 4, 0.6, False, "video", dict(commit="reuse"), marks=pytest.mark.slow),
+    pytest.param("low_confidence_dynamic", 2, 2, 0.5, False, "image", dict(SAMPLED, top_k=0),
+                 marks=pytest.mark.slow),
+    pytest.param("low_confidence_dynamic", 4, 2, 0.5, True, "image", dict(SAMPLED, top_p=1.0),
+                 marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("strategy,b,s,tau,tied,image", CASES)
-def test_compiled_sampler_equals_python_reference(strategy, b, s, tau, tied, image):
-    model = sharp_model(tied)
-    c = model.config
+@pytest.mark.parametrize("strategy,b,s,tau,tied,vision,other", CASES)
+def test_compiled_sampler_equals_python_reference(strategy, b, s, tau, tied, vision, other):
+    sampled = other.get("temperature", 0.0) > 0
+    # Sampling needs a model that leaves something to choose; greedy cases want clear choices.
+    model = sharp_model(tied, sharpness=(8 if tied else 25) if sampled else None)
     rng = np.random.default_rng(b * 10 + s)
-    grid = pixels = None
-    if image:
-        prompt = [5, 6, c.vision_start_token_id] + [c.image_token_id] * 4 + [c.vision_end_token_id, 7]
-        grid = np.array([[1, 4, 4]])
-        pixels = rng.standard_normal((16, c.vision.patch_dim)).astype(np.float32)
+    if vision == "image":
+        prompt, pixels = image_prompt(model.config, rng)
+    elif vision == "video":
+        prompt, pixels = video_prompt(model.config, rng)
     else:
-        prompt = list(rng.integers(0, 900, 7))
+        prompt, pixels = list(rng.integers(0, 900, 7)), {}
     cfg = bj.SamplingConfig(max_new_tokens=3 * b, block_size=b, denoising_steps=s, strategy=strategy,
-                            confidence_threshold=tau, mask_token_id=MASK, eos_token_id=EOS)
-    out = bj.generate(model, np.array([prompt]), cfg, pixel_values=pixels, image_grid_thw=grid)
-    ref_tokens, ref_counts = reference_generate(model, prompt, cfg, grid, pixels)
-    np.testing.assert_array_equal(np.asarray(out.tokens[0]), ref_tokens)
-    np.testing.assert_array_equal(out.stats["block_step_counts"][0], ref_counts)
-    assert out.stats["nfe"][0] == 1 + sum(ref_counts) + 3  # prefill + steps + one commit per block (no EOS)
+                            confidence_threshold=tau, mask_token_id=MASK, eos_token_id=EOS, **other)
+    key = jax.random.key(b * 10 + s)
+    out = bj.generate(model, np.array([prompt]), cfg, **pixels, rng=key)
+    ref = reference_generate(model, prompt, cfg, **pixels, rng=key)
+    np.testing.assert_array_equal(np.asarray(out.tokens[0]), ref.tokens)
+    np.testing.assert_array_equal(out.stats["block_step_counts"][0], ref.counts)
+    assert (ref.tokens != EOS).all()  # no EOS: every block decoded (EOS handling is tested below)
+    assert out.stats["generated_tokens"][0] == ref.generated_tokens
+    np.testing.assert_allclose(out.stats["tokens_per_forward"][0], ref.tokens_per_forward, rtol=1e-6)
+    # The case can tell a wrong implementation apart: the choices depend on what it varies.
+    if sampled:  # sampling and each filter it sets did something
+        assert ref.draws["off_argmax"] > 0 and ref.draws["several_kept"] > 0, ref.draws
+        if cfg.top_p < 1.0:
+            assert ref.draws["top_p_cut"] > 0, ref.draws
+    if cfg.commit == "reuse":  # reusing the last denoising forward's K/V is not the same as a commit forward
+        forward = reference_generate(model, prompt, dataclasses.replace(cfg, commit="forward"), **pixels, rng=key)
+        assert (forward.tokens != ref.tokens).any()
+    if vision:  # the pixels, in their order (for a video: the temporal slices swapped, too)
+        flipped = {k: v[::-1].copy() if k.startswith("pixel") else v for k, v in pixels.items()}
+        assert (reference_generate(model, prompt, cfg, **flipped, rng=key).tokens != ref.tokens).any()
+    # prefill + denoising forwards (+ one commit forward per block with commit="forward"; none with "reuse")
+    assert out.stats["nfe"][0] == ref.nfe == 1 + ref.counts.sum() + (3 if cfg.commit == "forward" else 0)
 
 
 def test_batched_rows_equal_rows_decoded_alone_with_eos_in_different_blocks():

@@ -163,7 +163,8 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
         steps = jax.lax.dynamic_update_slice_in_dim(c.steps, counts[:, None], c.block, 1)
         finished = active & jnp.any(x == cfg.eos_token_id, axis=-1)
         c = c.replace(tokens=tokens, steps=steps, key=key, done=c.done | finished)
-        commit_rows = active & ~finished
+        # Rows that ran a commit forward ("reuse" runs none).
+        commit_rows = active & ~finished & (not reuse)
         kv = last_kv if reuse else _forward_block(net, params, x, positions, c)[1]
         c = _write_cache(c, kv, prompt_len + start, prompt_blocks.max() + c.block)
         return c.replace(commits=c.commits + commit_rows.astype(jnp.int32), block=c.block + 1)
