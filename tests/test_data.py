@@ -217,6 +217,7 @@ def test_bad_samples_are_skipped_and_counted_or_raise_in_strict_mode(synthetic, 
         strict.next_batch()
 
 
+@pytest.mark.slow  # suite time; the worker path also runs in test_data_failures
 def test_two_workers_give_the_same_batches_and_resume(synthetic):
     proc_dir = os.path.join(synthetic, "tokenizer")
     plain = stream(synthetic)

@@ -108,7 +108,7 @@ def separate_forward(model, seq, p, k, b, grid=None, pixels=None):
     return np.asarray(net.apply(prm, h[0, -b:], method=Qwen3VL.logits))
 
 
-@pytest.mark.parametrize("with_image", [False, True])
+@pytest.mark.parametrize("with_image", [False, pytest.param(True, marks=pytest.mark.slow)])  # suite time
 def test_strict_packed_layout_equals_separate_forwards(tiny, with_image):
     c = tiny.config
     rng = np.random.default_rng(0)
@@ -297,7 +297,10 @@ def test_teacher_block_size_must_divide_student():
         ObjectiveConfig(kind="swd", block_size=8, teacher_block_size=3)
 
 
-@pytest.mark.parametrize("kind", [pytest.param("pbm", marks=pytest.mark.slow), "swd", "ar"])  # suite time
+SLOW = pytest.mark.slow  # suite time: the pbm and swd gradients are compared with finite differences in -m slow
+
+
+@pytest.mark.parametrize("kind", [pytest.param("pbm", marks=SLOW), pytest.param("swd", marks=SLOW), "ar"])
 def test_gradients_are_finite_and_match_finite_differences(tiny, kind):
     batch = packed_batch(tiny)
     obj = ObjectiveConfig(kind=kind, block_size=4, noise=noise.NoiseConfig(mask_token_id=1023))

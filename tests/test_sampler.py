@@ -16,7 +16,8 @@ SAMPLED = dict(temperature=0.8, top_k=20, top_p=0.9)
 CASES = [
     # (strategy, block size, steps, threshold, tied, vision, other settings)
     ("low_confidence_static", 4, 4, 0.9, False, None, {}),
-    ("low_confidence_static", 4, 2, 0.9, True, "image", {}),
+    pytest.param("low_confidence_static", 4, 2, 0.9, True, "image", {}, marks=pytest.mark.slow),  # suite time:
+    # images through the reference also run in test_sample_pure (per-example, in the caller's jit)
     pytest.param("low_confidence_static", 2, 1, 0.9, False, "image", {}, marks=pytest.mark.slow),  # suite time
     ("low_confidence_dynamic", 4, 4, 0.6, False, None, {}),
     ("low_confidence_dynamic", 8, 3, 0.5, True, None, {}),
