@@ -54,6 +54,7 @@ def test_per_example_vision_layout_equals_separate_forwards(tiny):
         np.testing.assert_allclose(np.asarray(logits[i]), np.asarray(refs[i][0]), atol=1e-5)
 
 
+@pytest.mark.slow  # suite time; per-example vision is compared with the Python reference in the sampler tests
 def test_batch_local_merge_equals_the_global_merge(tiny):
     """Each row taking its own example's windows ([B, M, D], a per-row index) gives exactly what the flattened
     layout gave ([B * M, D], each pad's rank plus its example's offset), on examples with different image counts."""
