@@ -66,6 +66,7 @@ def test_resume_is_exact(straight, tmp_path):
     assert losses(w) == losses(straight)  # the data order continued exactly too
 
 
+@pytest.mark.slow  # suite time; the recipe and setup errors of test_train_inputs / test_train_failures stay
 def test_bad_setups_fail_with_clear_errors(tmp_path):
     r = train(tmp_path / "a", *FAST, "--recipe.optim.lr", "1", check=False)
     assert r.returncode != 0 and "unknown recipe key 'optim.lr'" in r.stderr
