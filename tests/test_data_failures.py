@@ -145,7 +145,7 @@ def test_stop_event_ends_a_wait_for_the_prefetch_thread_and_close_returns(data):
         ahead.next_batch()
     ahead.close()
     assert time.monotonic() - t0 < 5
-    assert ahead.get_state() == {"batch_number": 0, "skipped": {}}
+    assert ahead.get_state() == {"batch_number": 0, "skipped": {}, "records": 800000}
 
 
 def test_close_interrupts_a_prefetch_thread_that_is_searching(data):

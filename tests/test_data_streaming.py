@@ -1,0 +1,219 @@
+"""Records streamed from JSONL shards by byte offset: the index, its cache, changed shards, and the training stream
+over them (same batches as the in-memory records, exact resume, skips named by file and line)."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from bard_jax.data import jsonl_records
+from bard_jax.data.jsonl_records import JsonlRecords, MalformedRecord, ShardChanged, open_records, scan_lines
+from bard_jax.data.pipeline import PipelineConfig, TrainStream, read_jsonl
+from bard_jax.data.processor import DataError, Processor
+from bard_jax.data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return str(generate(str(tmp_path_factory.mktemp("syn")), n=60, seed=3, n_eval=4))
+
+
+def rec(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+
+
+def write(path, lines: list[str], end: str = "\n") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + end)
+
+
+def test_index_lists_each_non_blank_line_with_its_bytes_and_number(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'{"messages": []}\n\n   \r\n{"x": 1}\n\xc3\xa9t\xc3\xa9\n{"last": 1}')  # no final newline
+    lines = scan_lines(str(p))
+    # (start, end, line): line 1 is bytes 0..16, lines 2 and 3 (17..22) are blank, line 4 at 23..31, line 5 is
+    # five bytes (two two-byte characters), the last line (11 bytes) ends at the end of the file.
+    assert lines.tolist() == [[0, 16, 1], [23, 31, 4], [32, 37, 5], [38, 49, 6]]
+    assert scan_lines(str(tmp_path / "a.jsonl")).dtype == np.int64
+
+
+def test_index_across_chunk_boundaries_equals_a_line_by_line_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonl_records, "_SCAN_CHUNK", 7)  # every line crosses a chunk boundary
+    rng = np.random.default_rng(0)
+    texts = [json.dumps(rec(int(i))) if rng.random() > 0.2 else "" for i in rng.integers(0, 10**6, 200)]
+    p = tmp_path / "a.jsonl"
+    write(p, texts)
+    want, pos = [], 0
+    for number, line in enumerate(p.read_bytes().split(b"\n"), 1):
+        if line.strip():
+            want.append([pos, pos + len(line), number])
+        pos += len(line) + 1
+    assert scan_lines(str(p)).tolist() == want
+
+
+def test_records_of_a_file_a_directory_and_a_glob(tmp_path):
+    write(tmp_path / "d" / "b.jsonl", [json.dumps(rec(2)), json.dumps(rec(3))])
+    write(tmp_path / "d" / "a.jsonl", [json.dumps(rec(0)), "", json.dumps(rec(1))])
+    write(tmp_path / "d" / "sub" / "c.jsonl", [json.dumps(rec(4))])
+    (tmp_path / "d" / "notes.txt").write_text("not a shard\n")
+    whole = open_records(str(tmp_path / "d"))
+    assert [r["messages"][0]["content"] for r in whole] == ["q0", "q1", "q2", "q3", "q4"]  # sorted shard order
+    assert whole[1]["_where"] == f"{tmp_path}/d/a.jsonl:3" and whole.where(4) == f"{tmp_path}/d/sub/c.jsonl:1"
+    assert len(open_records(str(tmp_path / "d" / "*.jsonl"))) == 4
+    assert len(open_records(str(tmp_path / "d" / "b.jsonl"))) == 2
+    view = whole.select([4, 0])
+    assert [r["messages"][1]["content"] for r in view] == ["a4", "a0"] and view.where(0).endswith("c.jsonl:1")
+    for bad, why in ((tmp_path / "nope.jsonl", "training data not found"),
+                     (tmp_path / "d" / "*.json", "matches no file"), (tmp_path / "empty", "holds no \\*.jsonl")):
+        if bad.name == "empty":
+            bad.mkdir()
+        with pytest.raises(DataError, match=why):
+            open_records(str(bad))
+
+
+def test_a_malformed_line_is_named_by_file_and_line(tmp_path):
+    write(tmp_path / "a.jsonl", [json.dumps(rec(0)), "{oops", json.dumps({"no": "messages"}), "[1]"])
+    r = open_records(str(tmp_path / "a.jsonl"))
+    assert len(r) == 4 and r[0]["messages"][0]["content"] == "q0"
+    for i in (1, 2, 3):
+        with pytest.raises(MalformedRecord, match="malformed json"):
+            r[i]
+    assert r.where(2) == f"{tmp_path}/a.jsonl:3"
+
+
+def test_the_index_is_cached_beside_the_data_and_rebuilt_when_a_shard_changes(tmp_path, monkeypatch):
+    p = tmp_path / "a.jsonl"
+    write(p, [json.dumps(rec(i)) for i in range(5)])
+    assert len(open_records(str(p))) == 5
+    assert sorted(os.listdir(tmp_path / ".bard_index")) == ["a.jsonl.json", "a.jsonl.npy"]
+    scans = []
+    real_scan = jsonl_records.scan_lines
+    monkeypatch.setattr(jsonl_records, "scan_lines", lambda path: scans.append(path) or real_scan(path))
+    assert len(open_records(str(p))) == 5 and scans == []  # the cached index
+    write(p, [json.dumps(rec(i)) for i in range(7)])
+    assert len(open_records(str(p))) == 7 and len(scans) == 1  # size changed: indexed again
+    # Same size and content length, other bytes, same modification time: the digest of the ends tells them apart.
+    before = os.stat(p)
+    p.write_text(p.read_text().replace("q6", "Q6"))
+    os.utime(p, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert open_records(str(p))[6]["messages"][0]["content"] == "Q6" and len(scans) == 2
+
+
+def test_a_read_only_data_directory_caches_the_index_in_the_user_cache(tmp_path, monkeypatch):
+    data = tmp_path / "ro"
+    write(data / "a.jsonl", [json.dumps(rec(i)) for i in range(3)])
+    monkeypatch.setenv("BARD_JAX_CACHE", str(tmp_path / "cache"))
+    # A read-only directory, as the test user may be root (who can write anywhere): writes beside the data fail.
+    real_write = jsonl_records._write_atomically
+
+    def write_or_fail(directory, name, fn):
+        if directory.startswith(str(data)):
+            raise PermissionError(13, "Permission denied", directory)
+        return real_write(directory, name, fn)
+
+    monkeypatch.setattr(jsonl_records, "_write_atomically", write_or_fail)
+    assert len(open_records(str(data))) == 3
+    assert len(os.listdir(tmp_path / "cache" / "jsonl_index")) == 2
+    scans = []
+    monkeypatch.setattr(jsonl_records, "scan_lines", lambda path: scans.append(path))
+    assert len(open_records(str(data))) == 3 and scans == []  # found in the user cache
+
+
+def test_a_shard_changed_while_read_is_an_error_not_a_skip(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write(p, [json.dumps(rec(i)) for i in range(4)])
+    r = open_records(str(p))
+    assert r[1]["messages"][0]["content"] == "q1"
+    write(p, [json.dumps(rec(i)) for i in range(1, 4)])  # the first line removed
+    with pytest.raises(ShardChanged, match=r"a\.jsonl: the shard changed after its index was built"):
+        r[1]
+
+
+def test_records_pickle_to_a_few_paths_and_read_the_same(tmp_path):
+    write(tmp_path / "a.jsonl", [json.dumps(rec(i)) for i in range(1000)])
+    r = open_records(str(tmp_path / "a.jsonl")).select(np.arange(999, -1, -1))
+    blob = pickle.dumps(r)
+    assert len(blob) < 10_000  # the selection and paths, not the records (or their 24 kB index)
+    back = pickle.loads(blob)
+    assert isinstance(back, JsonlRecords) and back[0] == r[0] and back[0]["messages"][0]["content"] == "q999"
+
+
+# ----------------------------------------------------------------------------------------- the training stream
+def shards_of(synthetic, tmp_path, n_shards: int = 3):
+    """The synthetic task's train.jsonl split into shards (blank lines between some records)."""
+    lines = [ln for ln in open(os.path.join(synthetic, "train.jsonl")) if ln.strip()]
+    out = tmp_path / "shards"
+    out.mkdir()
+    for k in range(n_shards):
+        part = lines[k::n_shards]
+        (out / f"part-{k:02d}.jsonl").write_text("\n".join(ln.rstrip("\n") for ln in part) + "\n\n")
+    ordered = [ln for k in range(n_shards) for ln in lines[k::n_shards]]
+    return out, [dict(json.loads(ln), _where="?") for ln in ordered]
+
+
+def cfg(**kw) -> PipelineConfig:
+    base = dict(global_batch_size=4, block_size=4, length_buckets=(64, 128, 256), pixel_rows=32, max_images=1, seed=3)
+    return PipelineConfig(**{**base, **kw})
+
+
+def test_streamed_shards_give_the_batches_of_the_same_records_in_memory(synthetic, tmp_path):
+    shards, in_memory = shards_of(synthetic, tmp_path)
+    proc = Processor.from_pretrained(synthetic)
+    streamed = TrainStream(open_records(str(shards)), proc, cfg(), image_root=synthetic)
+    listed = TrainStream(in_memory, proc, cfg(), image_root=synthetic)
+    for _ in range(3):
+        a, b = streamed.next_batch(), listed.next_batch()
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_streamed_resume_is_exact_and_refuses_other_data(synthetic, tmp_path):
+    shards, _ = shards_of(synthetic, tmp_path)
+    proc = Processor.from_pretrained(synthetic)
+    full = TrainStream(open_records(str(shards)), proc, cfg(), image_root=synthetic)
+    want = [full.next_batch() for _ in range(4)]
+    first = TrainStream(open_records(str(shards)), proc, cfg(), image_root=synthetic)
+    first.next_batch(), first.next_batch()
+    state = json.loads(json.dumps(first.get_state()))  # as a checkpoint stores it
+    resumed = TrainStream(open_records(str(shards)), proc, cfg(), image_root=synthetic)
+    resumed.set_state(state)
+    for w in want[2:]:
+        got = resumed.next_batch()
+        for k in w:
+            np.testing.assert_array_equal(got[k], w[k], err_msg=k)
+    with open(shards / "part-00.jsonl", "a") as f:
+        f.write(json.dumps(in_memory_line(synthetic)) + "\n")
+    other = TrainStream(open_records(str(shards)), proc, cfg(), image_root=synthetic)
+    with pytest.raises(DataError, match=r"the training data changed since the checkpoint: it held \d+ records, now"):
+        other.set_state(state)
+
+
+def in_memory_line(synthetic) -> dict:
+    return json.loads(open(os.path.join(synthetic, "train.jsonl")).readline())
+
+
+def test_streamed_skips_name_the_shard_and_line_and_strict_mode_stops_there(synthetic, tmp_path, caplog):
+    lines = [ln.rstrip("\n") for ln in open(os.path.join(synthetic, "train.jsonl")) if ln.strip()][:12]
+    p = tmp_path / "bad.jsonl"
+    write(p, lines[:3] + ["{oops"] + lines[3:])
+    proc = Processor.from_pretrained(synthetic)
+    s = TrainStream(open_records(str(p)), proc, cfg(global_batch_size=13, seed=0), image_root=synthetic)
+    batch = s.next_batch()  # 13 positions cover every record of the first epoch, the malformed one included
+    assert batch["input_ids"].shape[0] == 13 and s.get_state()["skipped"] == {"malformed json": 1}
+    assert f"{p}:4: skipped (malformed json" in caplog.text
+    strict = TrainStream(open_records(str(p)), proc, cfg(global_batch_size=13, seed=0, strict=True),
+                         image_root=synthetic)
+    with pytest.raises(DataError, match=rf"{p}:4: malformed json"):
+        strict.next_batch()
+
+
+def test_in_memory_records_read_the_same_as_the_index(synthetic):
+    path = os.path.join(synthetic, "train.jsonl")
+    listed, _ = read_jsonl(path)
+    streamed = open_records(path)
+    assert len(listed) == len(streamed)
+    for i in (0, len(listed) // 2, len(listed) - 1):
+        assert listed[i] == streamed[i]
