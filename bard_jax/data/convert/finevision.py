@@ -1,0 +1,41 @@
+"""FineVision (HuggingFaceM4/FineVision): `SRC/<subset>/*.parquet`, one directory per subset.
+
+Columns used: `images` (list of image structs, possibly empty) and `texts` (list of {user, assistant} rounds). The
+`source` and rating columns are not used. Rows have no id; one is derived from subset, shard and row. Each round is
+a user turn and an assistant turn; all images go to the first user turn (see `conversation`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bard_jax.data.convert.conversation import DEFAULT_SYSTEM, Sample, Turn, build_messages, check_turns
+from bard_jax.data.convert.image_refs import decode_image
+from bard_jax.data.convert.parquet_rows import PARQUET, subset_files
+from bard_jax.data.convert.source import RowContext, Source
+
+
+def to_sample(row: dict[str, Any], index: int, ctx: RowContext) -> Sample:
+    turns = []
+    for rnd in row.get("texts") or []:
+        rnd = rnd or {}
+        turns += [Turn("user", rnd.get("user") or ""), Turn("assistant", rnd.get("assistant") or "")]
+    images = row.get("images") or []
+    check_turns(turns, has_images=bool(images))
+    decoded = [decode_image(im, list(ctx.search_dirs)) for im in images]
+    row_id = row.get("id")
+    return Sample(id=str(row_id) if row_id is not None else ctx.derived_id(index),
+                  messages=build_messages(turns, decoded, ctx.system))
+
+
+SOURCE = Source(
+    name="finevision",
+    has_subsets=True,
+    layout="SRC/<subset>/*.parquet",
+    find_files=subset_files,
+    reader=PARQUET,
+    required_columns=("images", "texts"),
+    optional_columns=("id",),
+    to_sample=to_sample,
+    default_system=DEFAULT_SYSTEM,
+)
