@@ -217,3 +217,51 @@ def test_in_memory_records_read_the_same_as_the_index(synthetic):
     assert len(listed) == len(streamed)
     for i in (0, len(listed) // 2, len(listed) - 1):
         assert listed[i] == streamed[i]
+
+
+def test_samples_longer_than_the_largest_bucket_are_skipped_and_counted_never_truncated(synthetic, tmp_path):
+    base = in_memory_line(synthetic)
+    long_answer = json.loads(json.dumps(base))
+    long_answer["messages"][-1]["content"] = [{"type": "text", "text": " ".join(["red"] * 90)}]
+    long_question = json.loads(json.dumps(base))
+    long_question["messages"][0]["content"].append({"type": "text", "text": " ".join(["blue"] * 300)})
+    write(tmp_path / "d.jsonl", [json.dumps(r) for r in (long_answer, long_question, base)])
+    proc = Processor.from_pretrained(synthetic)
+    s = TrainStream(open_records(str(tmp_path / "d.jsonl")), proc,
+                    cfg(global_batch_size=3, length_buckets=(64, 128, 256), response_buckets=(16, 64)),
+                    image_root=synthetic)
+    batch = s.next_batch()
+    skipped = s.get_state()["skipped"]
+    assert skipped.get("response length N exceeds the largest bucket", 0) >= 1, skipped
+    assert skipped.get("packed length N exceeds the largest bucket", 0) >= 1, skipped
+    # Every slot holds the one short sample: nothing was cut to fit.
+    assert batch["input_ids"].shape[1] <= 256 and len(set(map(bytes, batch["input_ids"]))) == 1
+
+
+def test_a_directory_walk_leaves_out_hidden_folders_and_a_conversions_image_trees(tmp_path):
+    write(tmp_path / "a" / "x.jsonl", [json.dumps(rec(0))])
+    write(tmp_path / ".hidden" / "y.jsonl", [json.dumps(rec(1))])
+    write(tmp_path / "images" / "z.jsonl", [json.dumps(rec(2))])
+    assert len(open_records(str(tmp_path))) == 2  # a plain directory: images/ is walked
+    (tmp_path / "convert.json").write_text("{}")
+    assert [r["messages"][0]["content"] for r in open_records(str(tmp_path))] == ["q0"]
+
+
+def test_a_missing_video_file_is_one_counted_reason_with_a_hint(synthetic, tmp_path, caplog):
+    base = in_memory_line(synthetic)
+    lines = []
+    for i in range(3):  # three different missing files: one reason, not one per path
+        r = json.loads(json.dumps(base))
+        r["messages"][0]["content"] = [{"type": "video", "video": f"clips/missing_{i}.mp4"},
+                                       {"type": "text", "text": "what color is the triangle ?"}]
+        lines.append(json.dumps(r))
+    write(tmp_path / "v.jsonl", lines + [json.dumps(base)])
+    proc = Processor.from_pretrained(synthetic)
+    s = TrainStream(open_records(str(tmp_path / "v.jsonl")), proc, cfg(global_batch_size=4), image_root=synthetic)
+    s.next_batch()
+    assert set(s.get_state()["skipped"]) == {"unreadable video"}
+    everything_fails = TrainStream(open_records(str(tmp_path / "v.jsonl")).select([0, 1, 2]), proc,
+                                   cfg(global_batch_size=2), image_root=synthetic)
+    with pytest.raises(DataError, match=r"no usable training sample.*unreadable video: 3.*video paths in the JSONL "
+                                        r"are read relative to it"):
+        everything_fails.next_batch()

@@ -47,11 +47,12 @@ class ShardChanged(DataError):
 
 
 def shard_paths(spec: str) -> list[str]:
-    """The JSONL shards `spec` names, sorted: a file, a directory (its `*.jsonl`, recursively) or a glob."""
+    """The JSONL shards `spec` names, sorted: a file, a directory (its `*.jsonl`, recursively; see `_jsonl_under`)
+    or a glob."""
     if os.path.isfile(spec):
         return [spec]
     if os.path.isdir(spec):
-        found = sorted(glob.glob(os.path.join(spec, "**", "*.jsonl"), recursive=True))
+        found = sorted(_jsonl_under(spec))
         if not found:
             raise DataError(f"training data: the directory {spec!r} holds no *.jsonl shard")
         return found
@@ -61,6 +62,17 @@ def shard_paths(spec: str) -> list[str]:
             raise DataError(f"training data: the pattern {spec!r} matches no file")
         return found
     raise DataError(f"training data not found: {spec!r} (a JSONL file, a directory of *.jsonl shards or a glob)")
+
+
+def _jsonl_under(root: str) -> Iterator[str]:
+    """Every `*.jsonl` under a directory, hidden directories left out (our index cache among them). In the output of
+    `python -m bard_jax.data.convert` (it holds `convert.json`) the `images/` and `videos/` trees are not walked:
+    they hold millions of files and no shard."""
+    converted = os.path.isfile(os.path.join(root, "convert.json"))
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not (converted and here == root and d in ("images", "videos"))]
+        yield from (os.path.join(here, f) for f in files if f.endswith(".jsonl"))
 
 
 def _fingerprint(path: str) -> dict[str, Any]:

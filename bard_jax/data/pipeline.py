@@ -2,6 +2,9 @@
 
 Letters: B examples per batch (this host), L token bucket, S response-slot bucket, P pixel rows per example.
 
+Records: `bard_jax.data.jsonl_records.open_records` reads them from JSONL shards by byte offset when an example is
+made, so a dataset of millions of samples costs a few bytes of index per record, not its text.
+
 Order: grain's `MapDataset.range(n).shuffle(seed).repeat()` gives the example at every stream position; the
 global batch k holds stream positions [k*G, (k+1)*G) and this host takes its contiguous slice. The stream position
 is each example's global index (`example_index`), which keys its corruption, so a run is the same on any mesh and
@@ -32,12 +35,13 @@ import multiprocessing
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
+from bard_jax.data.jsonl_records import JsonlRecords, ShardChanged
 from bard_jax.data.processor import DataError, Processor
 from bard_jax.diffusion.layout import LayoutError, collate_packed, drop_noisy_copy, pack_sample
 
@@ -73,6 +77,10 @@ class PipelineConfig:
     strict: bool = False
     workers: int = 0  # processes that decode and pack examples (0: in the main process)
     noisy_copy: bool = True  # False: `[prefix | clean]` only (the AR objective)
+    # The most videos one example may carry (0: samples with a video are skipped). Video pixel rows have the same
+    # per-example limit `pixel_rows` as image rows, counted apart, and take their own bucket from the same ladder
+    # (`patch_buckets`): a batch with a video carries `pixel_values_videos` [B, Q, C] next to any [B, P, C] images.
+    max_videos: int = 1
 
 
 def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections.Counter]:
@@ -106,6 +114,8 @@ def skip_reason(message: str) -> str:
     reasons form a small fixed set (one counter and one first example per kind of problem, not per length)."""
     if "cannot be read" in message:
         return "unreadable image"
+    if "cannot be decoded" in message or "needs PyAV" in message:
+        return "unreadable video"
     return re.sub(r"\d+", "N", message.split(" (")[0])
 
 
@@ -115,12 +125,16 @@ def _hint(reason: str, image_root: str) -> str:
                 f"and the images must exist there")
     if "bucket" in reason:
         return "the samples are longer than the largest bucket: raise data.length_buckets / data.response_buckets"
+    if reason == "unreadable video":
+        return (f"check data.image_root: video paths in the JSONL are read relative to it (now {image_root!r}); "
+                f"video files need PyAV (pip install av)")
     if "static limits" in reason:
-        return "the images exceed the static limits: raise data.max_images / data.patch_buckets or lower max_pixels"
+        return ("the images or videos exceed the static limits: raise data.max_images / data.max_videos / "
+                "data.patch_buckets or lower max_pixels")
     if "assistant" in reason or "empty response" in reason:
         return "every training sample needs a last assistant turn with a non-empty response"
-    if "content type" in reason or "video" in reason:
-        return "training samples may hold text and image content parts only"
+    if "content type" in reason:
+        return "training samples may hold text, image and video content parts only"
     return "see the first failing record"
 
 
@@ -142,6 +156,9 @@ def _worker_attempt(job: tuple[int, int]) -> tuple[dict | None, str | None]:
 class TrainStream:
     """next_batch() -> dict of numpy arrays for this host; get_state()/set_state() for exact resume.
 
+    `records`: a `JsonlRecords` (`open_records`: the lines of JSONL shards, read when used) or a list of record
+    dicts (small data, tests).
+
     With `cfg.workers > 0` examples are decoded and packed in spawned worker processes (the processor is reloaded
     there from `processor_dir`); the result does not depend on the number of workers. An exception in a worker is
     re-raised in the main process. Skips are counted and logged here, in the calling process.
@@ -151,7 +168,7 @@ class TrainStream:
     the last finished batch.
     """
 
-    def __init__(self, records: list[dict], processor: Processor, cfg: PipelineConfig, image_root: str = "",
+    def __init__(self, records: Sequence[dict], processor: Processor, cfg: PipelineConfig, image_root: str = "",
                  skipped: collections.Counter | None = None, processor_dir: str | None = None,
                  stop_event: threading.Event | None = None):
         if not records:
@@ -223,11 +240,23 @@ class TrainStream:
             self.close()
             raise DataError(f"a data worker process died ({e}); see its traceback above") from e
 
+    def where(self, record_index: int) -> str:
+        """"file:line" of a record, without reading it when the records are read from shards."""
+        if isinstance(self.records, JsonlRecords):
+            return self.records.where(record_index)
+        return self.records[record_index].get("_where", "?")
+
     # ------------------------------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
-        return {"batch_number": self.batch_number, "skipped": dict(self.skipped)}
+        return {"batch_number": self.batch_number, "skipped": dict(self.skipped), "records": len(self.records)}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        # Stream positions name records through a permutation of len(records): other data (a shard added, lines
+        # appended) would give other samples at the same positions, so such a resume is refused, not silently wrong.
+        if "records" in state and int(state["records"]) != len(self.records):
+            raise DataError(f"the training data changed since the checkpoint: it held {int(state['records'])} "
+                            f"records, now {len(self.records)}; an exact resume needs the same data (start a new "
+                            f"run to train on the new data)")
         self.batch_number = int(state["batch_number"])
         self.skipped = collections.Counter(state.get("skipped", {}))
 
@@ -235,20 +264,22 @@ class TrainStream:
     def attempt(self, record_index: int, position: int) -> tuple[dict[str, Any] | None, str | None]:
         """(packed sample, None) for a record at a stream position, or (None, why it cannot be used); raises a
         DataError naming the record in strict mode. Counts and logs nothing (see `example`)."""
-        rec = self.records[record_index]
         try:
+            rec = self.records[record_index]  # a JsonlRecords line is parsed here (MalformedRecord: a skip)
             enc = self.proc.encode_training_sample(rec["messages"], image_root=self.root)
             grid = enc.get("image_grid_thw", np.zeros((0, 3), np.int64))
             pixels = enc.get("pixel_values", np.zeros((0, self.patch_dim), np.float32))
-            if "video_grid_thw" in enc:
-                raise DataError("videos are not supported in training batches (images only)")
+            video_grid = enc.get("video_grid_thw", np.zeros((0, 3), np.int64))
+            video_pixels = enc.get("pixel_values_videos", np.zeros((0, self.patch_dim), np.float32))
             if len(grid) > self.cfg.max_images or len(pixels) > self.cfg.pixel_rows:
                 raise DataError(f"{len(grid)} images / {len(pixels)} pixel rows exceed the static limits "
                                 f"({self.cfg.max_images} / {self.cfg.pixel_rows})")
+            check_video_limits(len(video_grid), len(video_pixels), self.cfg)
             sample = pack_sample(
                 enc["prefix_ids"], enc["response_ids"], self.cfg.block_size, pad_token_id=self.pad_id,
                 image_token_id=self.image_token_id, video_token_id=self.video_token_id,
                 spatial_merge_size=self.proc.settings.merge_size, image_grid_thw=grid if len(grid) else None,
+                video_grid_thw=video_grid if len(video_grid) else None,
             )
             if not self.cfg.noisy_copy:
                 sample = drop_noisy_copy(sample)
@@ -256,12 +287,16 @@ class TrainStream:
                 raise DataError(f"packed length {len(sample['input_ids'])} exceeds the largest bucket")
             if int(sample["response_len"]) > max(self.cfg.response_buckets):
                 raise DataError(f"response length {int(sample['response_len'])} exceeds the largest bucket")
+        except ShardChanged:
+            raise
         except (DataError, LayoutError) as e:
             if self.cfg.strict:
-                raise DataError(f"{rec.get('_where', '?')}: {e}") from e
+                raise DataError(f"{self.where(record_index)}: {e}") from e
             return None, str(e)
         sample["pixels"] = pixels
         sample["grid"] = grid
+        sample["video_pixels"] = video_pixels
+        sample["video_grid"] = video_grid
         sample["example_index"] = position
         return sample, None
 
@@ -278,7 +313,7 @@ class TrainStream:
             if self._consecutive:
                 self._start_new_run()
             return sample
-        where = self.records[record_index].get("_where", "?")
+        where = self.where(record_index)
         reason = skip_reason(problem)
         self.skipped[reason] += 1
         self._log_skip(reason, where, problem)
@@ -377,6 +412,7 @@ class TrainStream:
         slots = -(-slots // self.cfg.block_size) * self.cfg.block_size  # whole blocks
         batch = collate_packed(samples, bucket, slots)
         batch.update(collate_images(samples, patch_buckets(self.cfg), self.cfg.max_images, self.patch_dim))
+        batch.update(collate_videos(samples, patch_buckets(self.cfg), self.cfg.max_videos, self.patch_dim))
         batch["example_index"] = np.asarray([s["example_index"] for s in samples], np.int64)
         return batch
 
@@ -403,18 +439,48 @@ def collate_images(samples: list[dict], buckets: tuple[int, ...], max_images: in
     """`pixel_values` [B, P, C] and `image_grid_thw` [B, I, 3] (I = max_images) of a batch, P the smallest of
     `buckets` holding its largest example's rows (the rest zero rows, zero grid rows); nothing at all when no
     example has an image, so that the step runs no vision tower for a text-only batch."""
-    if not any(len(s["grid"]) for s in samples):
-        return {}
-    need = max(len(s["pixels"]) for s in samples)
-    rows = next(b for b in buckets if b >= need)  # a sample beyond the largest bucket was skipped before
-    pixels = np.zeros((len(samples), rows, patch_dim), np.float32)
-    grid = np.zeros((len(samples), max_images, 3), np.int32)
-    for i, s in enumerate(samples):
-        pixels[i, : len(s["pixels"])] = s["pixels"]
-        grid[i, : len(s["grid"])] = s["grid"]
-    return {"pixel_values": pixels, "image_grid_thw": grid}
+    pixels, grid = _collate_kind([s["pixels"] for s in samples], [s["grid"] for s in samples], buckets, max_images,
+                                 patch_dim)
+    return {} if pixels is None else {"pixel_values": pixels, "image_grid_thw": grid}
 
 
 def _counts(counter: Mapping[str, int]) -> str:
     """'reason: count; ...', most frequent first."""
     return "; ".join(f"{k}: {v}" for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# ---------------------------------------------------------------------------------------------- videos
+def check_video_limits(videos: int, rows: int, cfg: PipelineConfig) -> None:
+    """DataError (a counted skip) for a sample with more videos than `cfg.max_videos` or more video pixel rows than
+    `cfg.pixel_rows`: the static shapes of `collate_videos` cannot hold it."""
+    if videos > cfg.max_videos or rows > cfg.pixel_rows:
+        raise DataError(f"{videos} videos / {rows} video pixel rows exceed the static limits (max_videos "
+                        f"{cfg.max_videos} / {cfg.pixel_rows} pixel rows)")
+
+
+def collate_videos(samples: list[dict], buckets: tuple[int, ...], max_videos: int, patch_dim: int
+                   ) -> dict[str, np.ndarray]:
+    """`pixel_values_videos` [B, Q, C] and `video_grid_thw` [B, J, 3] (J = max_videos), Q the smallest of `buckets`
+    holding the batch's largest video rows; nothing at all when no example has a video (as `collate_images`).
+
+    Row b holds its videos' rows in order (each video's temporal patches one after the other, as the processor
+    gives them); `per_example_vision` packs them after row b's image rows, as the samplers do."""
+    pixels, grid = _collate_kind([s["video_pixels"] for s in samples], [s["video_grid"] for s in samples], buckets,
+                                 max_videos, patch_dim)
+    return {} if pixels is None else {"pixel_values_videos": pixels, "video_grid_thw": grid}
+
+
+def _collate_kind(rows: list[np.ndarray], grids: list[np.ndarray], buckets: tuple[int, ...], slots: int,
+                  patch_dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each example's pixel rows [n_b, C] and grids [k_b, 3] of one kind padded to [B, P, C] (P the smallest bucket
+    holding the largest n_b) and [B, slots, 3] with zeros; (None, None) when no example has one."""
+    if not any(len(g) for g in grids):
+        return None, None
+    need = max(len(r) for r in rows)
+    size = next(b for b in buckets if b >= need)  # a sample beyond the largest bucket was skipped before
+    pixels = np.zeros((len(rows), size, patch_dim), np.float32)
+    grid = np.zeros((len(rows), slots, 3), np.int32)
+    for i, (r, g) in enumerate(zip(rows, grids)):
+        pixels[i, : len(r)] = r
+        grid[i, : len(g)] = g
+    return pixels, grid

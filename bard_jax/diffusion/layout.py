@@ -56,6 +56,10 @@ def pack_sample(
     copy reuses the clean copy's positions), `labels` (no shift: the clean token at the same response index on the
     noisy copy, -1 elsewhere), `pad_tail` (noisy tokens past the real response end), and scalars `prefix_len`,
     `response_len` (R, padded) and `real_response_len`.
+
+    `image_grid_thw` [I, 3] and `video_grid_thw` [J, 3] are the grids of the prefix's images and videos in order
+    (None: none). Each temporal patch of a video is its own run of video pads after its timestamp text, so it gets
+    its own MRoPE segment, as in the samplers (`rope_position_ids`).
     """
     prefix = np.asarray(prefix_ids, np.int32)
     response = pad_response(np.asarray(response_ids, np.int32), block_size, pad_token_id)

@@ -57,12 +57,14 @@ class ObjectiveConfig:
 
 def _hidden(model_config: ModelConfig, obj: ObjectiveConfig, params: Any, batch: dict, info: TokenInfo):
     """(network, variables, final hidden states [B, L, D]) of a (packed or plain) batch. A batch without
-    `pixel_values` (text only) runs no vision tower; with them, each example's tower runs on its own rows."""
+    `pixel_values` or `pixel_values_videos` (text only) runs no vision tower; with them, each example's tower runs
+    on its own images then videos, grouped as the samplers group a prompt's (`per_example_vision`)."""
     net = network(model_config, resolve_dtype(obj.compute_dtype), obj.remat_policy, False, obj.clean_sees_noisy,
                   obj.attention)
     vision = None
-    if "pixel_values" in batch:
-        vision = per_example_vision(model_config, batch["pixel_values"], batch["image_grid_thw"], batch["input_ids"])
+    if "pixel_values" in batch or "pixel_values_videos" in batch:
+        vision = per_example_vision(model_config, batch.get("pixel_values"), batch.get("image_grid_thw"),
+                                    batch["input_ids"], batch.get("pixel_values_videos"), batch.get("video_grid_thw"))
     h, _ = hidden_states(net, params, batch["input_ids"], batch["positions"], info, vision=vision)
     return net, {"params": params}, h
 

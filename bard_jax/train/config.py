@@ -49,6 +49,9 @@ class DataSection:
     response_buckets: tuple[int, ...] = (16, 64, 256, 1024, 4096)  # supervised-slot buckets (padded response)
     patch_buckets: tuple[int, ...] = (256, 1024, 4096, 16384)
     max_images: int = 4
+    # Videos per sample (0: samples with a video are skipped and the step plan carries no video arrays). A video's
+    # pixel rows have the same limit as a sample's image rows (the largest patch bucket) and their own bucket.
+    max_videos: int = 1
     min_pixels: int = 0  # 0: the processor's setting
     max_pixels: int = 0
     workers: int = 0
@@ -151,7 +154,7 @@ def check_train_config(cfg: TrainConfig) -> None:
                 "data.micro_batch_size", "data.max_images", "objective.block_size"):
         need(key, _value_at(cfg, key) >= 1, "must be >= 1")
     for key in ("stop_at_step", "data.workers", "data.prefetch", "data.synthetic_eval_n", "data.min_pixels",
-                "data.max_pixels", "objective.seed"):
+                "data.max_pixels", "data.max_videos", "objective.seed"):
         need(key, _value_at(cfg, key) >= 0, "must be >= 0")
     if cfg.data.synthetic and not cfg.data.train_jsonl:
         need("data.synthetic_n", cfg.data.synthetic_n >= 1, "must be >= 1")

@@ -149,12 +149,15 @@ def plan_memory(cfg: TrainConfig, mesh) -> MemoryPlan:
     if plan.teacher is None:
         del parts["teacher"]
     d = cfg.data
+    rows = f"{plan.batch['pixel_values'].shape[1]}"
+    if "pixel_values_videos" in plan.batch:  # planned at once with the image rows: the most a batch can hold
+        rows += f" + {plan.batch['pixel_values_videos'].shape[1]} video"
     header = (
         f"dry run of {cfg.name}: mesh {dict(mesh.shape)} ({mesh.devices.size} devices, "
         f"{jax.devices()[0].platform}); objective {o.kind} b={o.block_size}"
         + (f", teacher b={o.teacher_block_size}" if plan.teacher is not None else ""),
         f"  micro-batch {d.micro_batch_size} x {plan.accum} accumulation steps, tokens per sample "
-        f"{plan.batch['input_ids'].shape[1]}, patch rows per sample {plan.batch['pixel_values'].shape[1]}, remat "
+        f"{plan.batch['input_ids'].shape[1]}, patch rows per sample {rows}, remat "
         f"{cfg.model.remat_policy}, compute {cfg.model.compute_dtype}, attention {obj.attention.impl}",
     )
     return MemoryPlan(name=cfg.name, header=header, parts=parts, arguments=int(mem.argument_size_in_bytes),

@@ -25,9 +25,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bard_jax import hf
 from bard_jax.config import ModelConfig, preset
-from bard_jax.data.pipeline import PipelineConfig, TrainStream, read_jsonl
+from bard_jax.data.jsonl_records import JsonlRecords, MalformedRecord, open_records
+from bard_jax.data.pipeline import PipelineConfig, TrainStream
 from bard_jax.data.prefetch import BatchStream, Prefetcher
-from bard_jax.data.processor import Processor
+from bard_jax.data.processor import DataError, Processor
 from bard_jax.diffusion.layout import collate_packed
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
 from bard_jax.diffusion.noise import NoiseConfig
@@ -140,17 +141,25 @@ def objective_config(cfg: TrainConfig, vocab_size: int, mask_id: int, pad_id: in
     )
 
 
-def keep_question_types(records: list[dict], types: tuple[str, ...], path: str) -> list[dict]:
+def keep_question_types(records: JsonlRecords | list[dict], types: tuple[str, ...], path: str
+                        ) -> JsonlRecords | list[dict]:
     """The records whose meta.qtype is in `types` (all of them when `types` is empty). An empty result is an error
-    that names the types the file does hold."""
+    that names the types the file does hold. Reads every record once: a filter meant for task datasets, not for
+    millions of samples. Malformed lines hold no type and are left out."""
     if not types:
         return records
-    kept = [r for r in records if (r.get("meta") or {}).get("qtype") in types]
+    qtypes = []
+    for i in range(len(records)):
+        try:
+            qtypes.append((records[i].get("meta") or {}).get("qtype"))
+        except MalformedRecord:
+            qtypes.append(None)
+    kept = [i for i, q in enumerate(qtypes) if q in types]
     if not kept:
-        held = sorted({str((r.get("meta") or {}).get("qtype")) for r in records})
+        held = sorted({str(q) for q in qtypes})
         raise SetupError(f"data.question_types {list(types)}: no sample of {path} has one of them "
                          f"(its meta.qtype values: {held})")
-    return kept
+    return records.select(kept) if isinstance(records, JsonlRecords) else [records[i] for i in kept]
 
 
 def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> Run:
@@ -170,8 +179,8 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
         syn = _synthetic_dir(cfg)
         train, root = os.path.join(syn, "train.jsonl"), syn
         processor_dir = processor_dir or os.path.join(syn, "tokenizer")
-    if not train or not os.path.isfile(train):
-        raise SetupError(f"data.train_jsonl not found: {train!r}")
+    if not train:
+        raise SetupError("data.train_jsonl is not set (a JSONL file, a directory of *.jsonl shards or a glob)")
     if not processor_dir or not os.path.isdir(processor_dir):
         raise SetupError(f"processor (tokenizer) directory not found: {processor_dir!r} (set data.processor)")
     processor = Processor.from_pretrained(processor_dir, min_pixels=d.min_pixels or None,
@@ -190,9 +199,12 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
         if teacher_config.text.vocab_size != model_config.text.vocab_size:
             raise SetupError(f"teacher vocabulary {teacher_config.text.vocab_size} differs from the student's "
                              f"{model_config.text.vocab_size}")
-    records, skipped = read_jsonl(train, strict=d.strict)
+    try:
+        records = open_records(train)
+    except DataError as e:
+        raise SetupError(f"data.train_jsonl: {e}") from e
     records = keep_question_types(records, tuple(d.question_types), train)
-    stream = TrainStream(records, processor, pipeline_config(cfg, obj), image_root=root, skipped=skipped,
+    stream = TrainStream(records, processor, pipeline_config(cfg, obj), image_root=root,
                          processor_dir=processor_dir, stop_event=stop_event)
     if d.prefetch:
         stream = Prefetcher(stream, d.prefetch)
@@ -207,7 +219,7 @@ def pipeline_config(cfg: TrainConfig, obj: ObjectiveConfig) -> PipelineConfig:
         length_buckets=tuple(d.length_buckets), response_buckets=tuple(d.response_buckets),
         pixel_rows=max(d.patch_buckets), patch_buckets=tuple(d.patch_buckets), max_images=d.max_images, seed=d.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict, workers=d.workers,
-        noisy_copy=obj.kind != "ar",
+        noisy_copy=obj.kind != "ar", max_videos=d.max_videos,
     )
 
 
@@ -423,9 +435,10 @@ def largest_batch(cfg: TrainConfig, obj: ObjectiveConfig, patch_dim: int) -> dic
     """The largest global batch the stream can produce, abstract, in its host layout, from the stream's own settings
     (`pipeline_config`): the token side laid out by the stream's `collate_packed` (its keys and dtypes) at the
     largest length bucket and the largest response bucket in whole blocks; the image side at the most pixel rows an
-    example may carry and `max_images` grids.
+    example may carry and `max_images` grids; the video side (unless `max_videos` is 0) at as many rows and
+    `max_videos` grids. The dry run compiles the step with every key at once, the most vision work a batch can hold.
 
-    Letters: G global batch, L tokens, S response slots, P pixel rows, C patch dim.
+    Letters: G global batch, L tokens, S response slots, P / Q image / video pixel rows, C patch dim.
     """
     pipe = pipeline_config(cfg, obj)
     slots = -(-max(pipe.response_buckets) // pipe.block_size) * pipe.block_size
@@ -434,6 +447,9 @@ def largest_batch(cfg: TrainConfig, obj: ObjectiveConfig, patch_dim: int) -> dic
     schema = {k: (tuple(g if n == 0 else n for n in v.shape), v.dtype) for k, v in empty.items()}
     schema["pixel_values"] = ((g, pipe.pixel_rows, patch_dim), np.float32)  # [G, P, C]
     schema["image_grid_thw"] = ((g, pipe.max_images, 3), np.int32)
+    if pipe.max_videos:
+        schema["pixel_values_videos"] = ((g, pipe.pixel_rows, patch_dim), np.float32)  # [G, Q, C]
+        schema["video_grid_thw"] = ((g, pipe.max_videos, 3), np.int32)
     schema["example_index"] = ((g,), np.int64)
     # The dtypes as they will be on the device (int64 is int32 unless jax runs with 64-bit types).
     return {k: jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype)) for k, (shape, dtype) in
