@@ -42,7 +42,8 @@ def run(workdir, *overrides, env=None):
                           env=environment(workdir, **(env or {})))
 
 
-STEPS = ("--recipe.steps", "24", "--recipe.ckpt_every", "100")
+N_STEPS = 12  # enough for a SIGTERM after step 3 to land before the end
+STEPS = ("--recipe.steps", str(N_STEPS), "--recipe.ckpt_every", "100")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(straight, root):
     assert rc == 75, output[-4000:]  # stopped before the last step: a distinct status, so a chain does not go on
     first = steps_logged(w)
     stopped = first[-1]
-    assert first == list(range(1, stopped + 1)) and 3 <= stopped < 24, first
+    assert first == list(range(1, stopped + 1)) and 3 <= stopped < N_STEPS, first
     assert f"SIGTERM: saved step {stopped}, exiting with status 75 (not finished, no export); re-run to resume" \
         in output
     assert sorted(os.listdir(w / "checkpoints")) == [str(stopped)]
@@ -110,8 +111,8 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(straight, root):
 
     r = run(w, *STEPS)  # the same command resumes
     assert r.returncode == 0, r.stderr[-4000:]
-    assert f"steps {stopped}->24" in r.stdout
-    assert steps_logged(w) == list(range(1, 25))
+    assert f"steps {stopped}->{N_STEPS}" in r.stdout
+    assert steps_logged(w) == list(range(1, N_STEPS + 1))
     assert losses(w) == losses(straight)  # same losses step for step: the data order continued exactly
     a, b = final_params(straight), final_params(w)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
@@ -141,7 +142,7 @@ def test_non_finite_loss_stops_naming_step_and_examples_and_keeps_the_last_check
     restored = mgr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                       meta=ocp.args.JsonRestore()))
     meta, state = restored["meta"], restored["state"]
-    assert meta["step"] == 1 and meta["data_state"] == {"batch_number": 1, "skipped": {}}
+    assert meta["step"] == 1 and meta["data_state"] == {"batch_number": 1, "skipped": {}, "records": 200}
     assert int(np.asarray(state["step"])) == 1
     leaves = jax.tree_util.tree_leaves(state["params"])
     assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
@@ -154,7 +155,7 @@ def test_checkpoint_of_another_recipe_shape_is_refused_before_compiling_and_left
     r = run(straight, *STEPS, "--recipe.model.vocab_size", "128", "--recipe.objective.block_size", "8",
             env={"JAX_LOG_COMPILES": "1"})
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert f"checkpoint {straight / 'checkpoints'}/24 was written by a different recipe shape" in r.stderr
+    assert f"checkpoint {straight / 'checkpoints'}/{N_STEPS} was written by a different recipe shape" in r.stderr
     vocab = json.load(open(straight.parent / "data" / "tokenizer" / "task.json"))["vocab_size"]
     assert f"text: checkpoint has [{vocab}, 64, 128, 2, 4, 2, 32], recipe has [128, 64, 128, 2, 4, 2, 32]" in r.stderr
     assert "objective: checkpoint has ['pbm', 4], recipe has ['pbm', 8]" in r.stderr
@@ -170,12 +171,12 @@ def test_unreadable_checkpoint_names_step_and_file_and_loses_nothing(straight, r
 
     w = root / "truncated"
     shutil.copytree(straight, w)
-    meta = w / "checkpoints" / "24" / "meta" / "metadata"
+    meta = w / "checkpoints" / str(N_STEPS) / "meta" / "metadata"
     meta.write_bytes(meta.read_bytes()[:9])
     before = tree_digest(w)
     r = run(w, *STEPS)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert f"no readable checkpoint in {w / 'checkpoints'}: step 24: {meta} is not valid JSON" in r.stderr
+    assert f"no readable checkpoint in {w / 'checkpoints'}: step {N_STEPS}: {meta} is not valid JSON" in r.stderr
     assert "Python is likely shutting down" not in r.stderr
     assert tree_digest(w) == before
 

@@ -249,7 +249,8 @@ def test_the_step_plan_holds_video_batches_split_over_the_batch_axes(video_data,
 
 
 # ------------------------------------------------------------------------------------------------ the losses
-@pytest.mark.parametrize("kind", ["pbm", "swd"])
+# Suite time: pbm runs under -m slow; swd runs the student's and the teacher's forward.
+@pytest.mark.parametrize("kind", [pytest.param("pbm", marks=pytest.mark.slow), "swd"])
 def test_loss_and_vision_gradients_of_a_video_batch_are_finite_and_non_zero(video_data, tiny, kind, monkeypatch):
     """Through the train step's own loss (`setup.make_loss`); the student's and SWD's teacher's forward both get
     the video arrays."""
