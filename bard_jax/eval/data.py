@@ -1,0 +1,113 @@
+"""Reading a benchmark split from the hub's parquet files, without the `datasets` library.
+
+A user points the evaluation at a folder holding hub snapshots (ROOT/<owner>/<name>/...). The split is read with
+pyarrow one record batch at a time and only in the columns the task needs, so a multi-gigabyte split (MMMU, with
+up to seven images a row) never sits in memory at once. Images stay in the hub's {bytes, path} struct until the
+task asks for them, so a row that cannot be decoded fails alone and the runner can count it.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from bard_jax.eval.errors import EvalError
+
+if TYPE_CHECKING:
+    from bard_jax.eval.task import Task
+
+BATCH_ROWS = 32  # rows per record batch: a few images each, small enough to bound memory on MMMU
+_IMAGE_COLUMN = re.compile(r"image(_\d+)?")
+
+
+def task_dir(root: str | os.PathLike, task: Task) -> str:
+    """ROOT/<hub_path>: where the task's snapshot is expected."""
+    return os.path.join(os.fspath(root), *task.hub_path.split("/"))
+
+
+def split_files(root: str | os.PathLike, task: Task) -> list[str]:
+    """The split's parquet files in sorted path order: the first of `task.files` that matches anything wins."""
+    base = task_dir(root, task)
+    if not os.path.isdir(base):
+        raise EvalError(f"{task.name}: no dataset directory {base} (download {task.hub_path} from the hub there)")
+    for pattern in task.files:
+        found = [p for p in glob.glob(os.path.join(glob.escape(base), pattern)) if os.path.isfile(p)]
+        if found:
+            return sorted(found, key=lambda p: os.path.relpath(p, base))
+    raise EvalError(f"{task.name}: no parquet file of the {task.split} split under {base}; expected one matching "
+                    + " or ".join(repr(p) for p in task.files))
+
+
+def read_docs(root: str | os.PathLike, task: Task, limit: int | None = None) -> Iterator[tuple[int, dict]]:
+    """(doc_id, row) over the split in file order; doc_id is the row's index in the whole split.
+
+    Only `task.columns` are read. A file that lacks one of them, or is not readable parquet, is an EvalError
+    naming the file, raised before any of its rows is yielded.
+    """
+    if limit is not None and limit <= 0:
+        return
+    doc_id = 0
+    for path in split_files(root, task):
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as e:
+            raise EvalError(f"{task.name}: cannot read parquet file {path}: {e}") from None
+        names = set(parquet.schema_arrow.names)
+        missing = [c for c in task.columns if c not in names]
+        if missing:
+            raise EvalError(f"{task.name}: {path} has no column {missing[0]!r} (the task needs "
+                            f"{', '.join(task.columns)}; the file has {', '.join(parquet.schema_arrow.names)})")
+        try:
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(task.columns)):
+                for row in batch.to_pylist():
+                    yield doc_id, row
+                    doc_id += 1
+                    if limit is not None and doc_id >= limit:
+                        return
+        except (OSError, pa.ArrowException) as e:
+            raise EvalError(f"{task.name}: cannot read parquet file {path}: {e}") from None
+
+
+def _is_binary(value: Any) -> bool:
+    return isinstance(value, (bytes, bytearray, memoryview)) or (isinstance(value, dict) and "bytes" in value)
+
+
+def text_fields(doc: dict) -> dict:
+    """The row without its images (binary values, {bytes, path} structs, null image_N cells): what scorers see."""
+    return {k: v for k, v in doc.items() if not _is_binary(v) and not (v is None and _IMAGE_COLUMN.fullmatch(k))}
+
+
+def decode_image(value: Any, base_dir: str | os.PathLike | None = None) -> Image.Image:
+    """An RGB image from the hub's {bytes, path} struct (or raw bytes); null bytes read `path` instead.
+
+    A relative path is taken from `base_dir` (default: the working directory). Anything that does not decode is an
+    EvalError, so one broken row is reported and scored as wrong instead of stopping the run.
+    """
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data, path = value, None
+    else:
+        raise EvalError(f"not an image: expected a {{bytes, path}} struct, got {type(value).__name__}")
+    if data is None:
+        if not path:
+            raise EvalError("image has neither bytes nor a path")
+        full = os.path.join(os.fspath(base_dir), path) if base_dir is not None else path
+        try:
+            with open(full, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise EvalError(f"image has no bytes and its path {full} cannot be read: {e.strerror}") from None
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise EvalError(f"undecodable image bytes ({len(data)} bytes): {e}") from None
