@@ -1,0 +1,43 @@
+"""Prompts and answers as the release's lmms-eval wrapper (eval/lmms-eval/lmms_eval/models/simple/bard_vl.py)
+builds and cleans them, with `interleave_visuals=False` (the setting of its eval script).
+
+Prompt: a system turn "You are a helpful assistant.", then one user turn holding every image of the document
+first and the task's prompt text after them (`Task.prompt`, which has removed a literal "<image>"; MMMU's
+"<image 1>" references stay text).
+Answer: the new tokens up to the first EOS (mask ids of unreached positions dropped), decoded without special
+tokens, stripped, one trailing "." removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_MASK_ID = 151671  # the release's mask id, for a tokenizer without `<|mask|>` (as python -m bard_jax.generate)
+
+
+def chat_messages(images: list[Image.Image], text: str) -> list[dict[str, Any]]:
+    """The wrapper's messages for one document: images before the text, no interleaving."""
+    content = [{"type": "image", "image": im} for im in images]
+    content.append({"type": "text", "text": text})
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+
+def special_ids(tokenizer: Any, im_end_id: int) -> tuple[int, int]:
+    """(mask id, EOS id): the tokenizer's `<|mask|>` if it has one, else the release's 151671; EOS `<|im_end|>`.
+    The same rule as `python -m bard_jax.generate`."""
+    mask_id = tokenizer.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tokenizer.get_vocab() else DEFAULT_MASK_ID
+    return int(mask_id), int(im_end_id)
+
+
+def answer_text(tokens: np.ndarray, tokenizer: Any, *, eos_id: int, mask_id: int | None) -> str:
+    """One row of new tokens [N] -> the cleaned answer string."""
+    row = np.asarray(tokens).reshape(-1)
+    eos = np.flatnonzero(row == eos_id)
+    row = row[: eos[0]] if len(eos) else row
+    ids = [int(t) for t in row if mask_id is None or t != mask_id]
+    answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return answer[:-1] if answer.endswith(".") else answer
