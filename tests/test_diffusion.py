@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import bard_jax as bj
 from bard_jax.diffusion import layout, noise
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn, topk_kd, weighted_ce
+from bard_jax.errors import InputError
 from bard_jax.model.attention import CLEAN, NOISY, PLAIN, TokenInfo, mask_to_numpy
 from bard_jax.model.positions import rope_position_ids
 from bard_jax.model.vlm import Qwen3VL
@@ -140,9 +141,10 @@ def test_strict_packed_layout_equals_separate_forwards(tiny, with_image):
 
 
 # ------------------------------------------------------------------------------------------------ noise
-def noise_batch(n: int, r: int, s: int, seed: int = 0):
+def noise_batch(n: int, r: int, s: int, seed: int = 0, low: int = 0):
+    """Packed samples of 3 prompt and r response tokens (ids in [low, 50)), S response slots."""
     rng = np.random.default_rng(seed)
-    samples = [layout.pack_sample(rng.integers(0, 50, 3), rng.integers(0, 50, r), 4, pad_token_id=0,
+    samples = [layout.pack_sample(rng.integers(0, 50, 3), rng.integers(low, 50, r), 4, pad_token_id=0,
                                   image_token_id=900, video_token_id=901, spatial_merge_size=2) for _ in range(n)]
     batch = layout.collate_packed(samples, 3 + 2 * s, s)
     batch["example_index"] = np.arange(n, dtype=np.int64) + 1000
@@ -198,6 +200,34 @@ def test_replacements_stay_below_the_bound(prior):
     assert ((tok < 50) | (tok == 999)).all()  # clean ids are < 50, replacements < 40, nothing else
     changed = tok != np.asarray(out["clean_tokens"])[np.asarray(batch["noisy_valid"])]
     assert changed.any()
+
+
+def test_replacement_ids_are_uniform_over_the_allowed_ids_and_the_reference_draw_without_exclusions():
+    key = jax.random.key(3)
+    cfg = noise.NoiseConfig(prior="uniform", mask_token_id=7, replace_bound=12, excluded_ids=(0, 5, 6, 7, 11, 500))
+    ids = np.asarray(noise.replacement_ids(key, (60000,), cfg))
+    allowed = [1, 2, 3, 4, 8, 9, 10]  # [0, 12) without 0, 5, 6, 7, 11 (500 lies above the bound)
+    counts = np.bincount(ids, minlength=12)
+    assert sorted(set(ids.tolist())) == allowed
+    assert np.abs(counts[allowed] / len(ids) - 1 / 7).max() < 0.01  # 7 ids, 1/7 each (sd about 0.0014)
+    # Nothing banned below the bound (a Qwen vocabulary: the vision and mask ids lie above 151646): exactly the
+    # reference's randint draw.
+    qwen = noise.NoiseConfig(excluded_ids=(151671, 151652, 151653, 151655, 151656))
+    np.testing.assert_array_equal(np.asarray(noise.replacement_ids(key, (1000,), qwen)),
+                                  np.asarray(jax.random.randint(key, (1000,), 0, 151646)))
+    with pytest.raises(InputError, match="leave no id"):
+        noise.NoiseConfig(replace_bound=3, excluded_ids=(0, 1, 2))
+
+
+@pytest.mark.parametrize("prior", ["uniform", "mix", "edit"])
+def test_no_prior_draws_an_excluded_id(prior):
+    batch = noise_batch(64, 30, 32, low=40)  # clean responses in [40, 50): any id below 40 is a replacement
+    cfg = noise.NoiseConfig(prior=prior, mask_token_id=999, pad_token_id=0, replace_bound=40,
+                            excluded_ids=tuple(range(0, 40, 2)))  # only odd replacements allowed
+    out = noise.corrupt_batch(batch, jax.random.key(1), 4, cfg)
+    tok = np.asarray(out["noisy_tokens"])[np.asarray(batch["noisy_valid"])]
+    replaced = tok[(tok < 40) & (tok != 0)]  # 0: the edit prior's padding after deletions
+    assert len(replaced) > 20 and (replaced % 2 == 1).all()
 
 
 def test_mask_rate_strategy_guarantees_one_mask():

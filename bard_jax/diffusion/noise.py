@@ -7,7 +7,8 @@ so the corruption is the same on any mesh, any number of processes and after a r
 
 Priors (`NoiseConfig.prior`):
   mask      t_k stratified in [0.001, 1]; each token becomes the mask id with probability t_k.
-  uniform   t_k stratified in [0, 0.999] is a *keep* probability; otherwise a uniform id in [0, replace_bound).
+  uniform   t_k stratified in [0, 0.999] is a *keep* probability; otherwise a uniform id in [0, replace_bound)
+            other than `excluded_ids` (see `replacement_ids`).
   mix       per token, phi = pi/2 t: mask 1-cos(phi), uniform sin(phi)+cos(phi)-1, keep 1-sin(phi), each clamped to
             [0.001, 1] and renormalised.
   edit      one rate a ~ U[0.05, 0.2]; round(R a) edits (delete 0.2 / insert 0.2 / substitute 0.6) at random
@@ -36,6 +37,11 @@ class NoiseConfig:
     prior: str = "mask"
     mask_token_id: int = 151671
     replace_bound: int = 151646  # uniform replacements draw ids in [0, replace_bound)
+    # Ids never drawn as replacements: the vision placeholders and the mask id. A replacement equal to an image pad
+    # would be taken for a vision position (and given a window's embedding). With a Qwen vocabulary they all lie
+    # above replace_bound, so this changes nothing there; it matters for small vocabularies whose special tokens
+    # come first (the synthetic task's).
+    excluded_ids: tuple[int, ...] = ()
     pad_token_id: int = 151645
     rate_min: float = 0.10  # mask_rate prior
     rate_max: float = 0.50
@@ -49,6 +55,14 @@ class NoiseConfig:
                              f"{self.rate_max}")
         if self.replace_bound < 1:
             raise InputError(f"replace_bound must be >= 1, got {self.replace_bound}")
+        if len(self.banned_ids) >= self.replace_bound:
+            raise InputError(f"excluded_ids {list(self.excluded_ids)} leave no id in [0, {self.replace_bound}) to "
+                             f"draw replacements from")
+
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """The excluded ids that replacements could otherwise hit (inside [0, replace_bound)), ascending."""
+        return tuple(sorted({int(i) for i in self.excluded_ids if 0 <= int(i) < self.replace_bound}))
 
     @property
     def t_range(self) -> tuple[float, float]:
@@ -66,6 +80,17 @@ def stratified_block_times(key: jax.Array, num_blocks: jax.Array, max_blocks: in
     return jnp.where(idx < num_blocks, t[order], 1.0)
 
 
+def replacement_ids(key: jax.Array, shape: tuple[int, ...], cfg: NoiseConfig) -> jax.Array:
+    """Uniform ids in [0, replace_bound) other than `cfg.excluded_ids`. Draws r uniform over the allowed count and
+    maps it to the r-th allowed id (stepping over each banned id at or below it, in ascending order); with nothing
+    banned below the bound it is exactly `randint(0, replace_bound)`, the reference's draw."""
+    banned = cfg.banned_ids
+    r = jax.random.randint(key, shape, 0, cfg.replace_bound - len(banned))
+    for b in banned:
+        r = r + (r >= b).astype(r.dtype)
+    return r
+
+
 def _edit(key: jax.Array, clean_s: jax.Array, length: jax.Array, cfg: NoiseConfig) -> jax.Array:
     """The Edit prior on one sample's response (static shapes: edits applied one by one in a loop)."""
     s = clean_s.shape[0]
@@ -75,7 +100,7 @@ def _edit(key: jax.Array, clean_s: jax.Array, length: jax.Array, cfg: NoiseConfi
     n_edits = jnp.round(length.astype(jnp.float32) * rate).astype(jnp.int32)
     ops = jax.random.choice(k_ops, 3, (max_edits,), p=jnp.array([0.2, 0.2, 0.6]))  # 0 delete, 1 insert, 2 sub
     pos_u = jax.random.uniform(k_pos, (max_edits,))
-    toks = jax.random.randint(k_tok, (max_edits,), 0, cfg.replace_bound)
+    toks = replacement_ids(k_tok, (max_edits,), cfg)
     idx = jnp.arange(s)
 
     def body(i, carry):
@@ -119,7 +144,7 @@ def corrupt_sample(
     t_blocks = stratified_block_times(k_t, num_blocks, max_blocks, lo, hi)
     t = t_blocks[jnp.arange(s) // block_size]
     u = jax.random.uniform(k_tok, (s,))
-    random_ids = jax.random.randint(k_rep, (s,), 0, cfg.replace_bound)
+    random_ids = replacement_ids(k_rep, (s,), cfg)
     mask_id = cfg.mask_token_id
     if cfg.prior == "mask":
         masked = (u <= t) & valid_s

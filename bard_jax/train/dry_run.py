@@ -131,7 +131,8 @@ def plan_memory(cfg: TrainConfig, mesh) -> MemoryPlan:
     vocab = model_config.text.vocab_size
     # The recipe's token ids stand in for the tokenizer's (there is none before the data is prepared); an id past a
     # small preset's vocabulary is clamped, as ids do not change the memory of the step.
-    obj = setup.objective_config(cfg, vocab, min(o.mask_token_id, vocab - 1), min(o.pad_token_id, vocab - 1))
+    obj = setup.objective_config(cfg, vocab, min(o.mask_token_id, vocab - 1), min(o.pad_token_id, vocab - 1),
+                                 setup.vision_ids(model_config))
     plan = setup.plan_step(cfg, model_config, teacher_config, obj, mesh)
     batch = plan.abstract_batch()
     compiled = plan.step_for(batch).lower(plan.state, batch, plan.teacher, plan.abstract_control()).compile()

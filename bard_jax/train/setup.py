@@ -123,14 +123,22 @@ def model_config_for(cfg: TrainConfig, processor: Processor) -> ModelConfig:
     return base.replace(text=dataclasses.replace(base.text, vocab_size=vocab), **ids)
 
 
-def objective_config(cfg: TrainConfig, vocab_size: int, mask_id: int, pad_id: int) -> ObjectiveConfig:
+def vision_ids(model_config: ModelConfig) -> tuple[int, ...]:
+    """The ids whose positions take vision embeddings or mark them: never noise replacements."""
+    c = model_config
+    return (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
+
+
+def objective_config(cfg: TrainConfig, vocab_size: int, mask_id: int, pad_id: int,
+                     vision_ids: tuple[int, ...] = ()) -> ObjectiveConfig:
     """The objective of the recipe: the one ObjectiveConfig the loop (ids from the tokenizer) and the dry run (the
-    recipe's ids; it has no tokenizer) both build the step from."""
+    recipe's ids; it has no tokenizer) both build the step from. `vision_ids` (the model's image / video pad and
+    vision start / end ids) and the mask id are never drawn as uniform replacements."""
     o = cfg.objective
     prior = {"mask_rate": "mask_rate"}.get(o.noise, o.noise)
     noise = NoiseConfig(prior=prior, mask_token_id=mask_id, replace_bound=min(o.replace_bound, vocab_size),
                         pad_token_id=pad_id, rate_min=o.mask_rate_min, rate_max=o.mask_rate_max,
-                        at_least_one_mask=o.at_least_one_mask)
+                        at_least_one_mask=o.at_least_one_mask, excluded_ids=(mask_id, *vision_ids))
     if not 0 <= mask_id < vocab_size:
         raise SetupError(f"mask token id {mask_id} outside the vocabulary [0, {vocab_size})")
     return ObjectiveConfig(
@@ -188,7 +196,8 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
     model_config = model_config_for(cfg, processor)
     tok = processor.tokenizer
     mask_id = tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tok.get_vocab() else cfg.objective.mask_token_id
-    obj = objective_config(cfg, model_config.text.vocab_size, mask_id, processor.im_end_id)
+    obj = objective_config(cfg, model_config.text.vocab_size, mask_id, processor.im_end_id,
+                           vision_ids(model_config))
     teacher_config = None
     if obj.kind == "swd":
         tdir = resolve_weights(cfg.objective.teacher_init_from)
