@@ -282,3 +282,32 @@ def test_bad_inputs_are_one_line_errors_before_anything_is_written(ckpt, data_ro
     msg = error_of(run_args(ckpt, data_root, held, "chartqa", "--decoder", "ar"))
     assert "decoder='diffusion'" in msg and "decoder='ar'" in msg
     assert snapshot(held) == before
+
+
+def test_the_synthetic_task_in_process_with_warmup_and_the_checkpoints_own_image_sizes(ckpt, tmp_path, monkeypatch):
+    """The Mini-BARD path: the embedded task's held-out records, no system turn, the model and processor passed in,
+    every new batch shape decoded once untimed before the timed call."""
+    from bard_jax.data.synthetic import generate
+    from bard_jax.eval.runner import run
+    from bard_jax.eval.settings import RunSettings
+
+    root = generate(str(tmp_path / "syn"), n=2, seed=0, n_eval=6)
+    processor = Processor.from_pretrained(os.path.join(root, "tokenizer"))
+    model = bj.load_pretrained(ckpt)
+    spy = DecodeSpy(monkeypatch)
+    settings = RunSettings(model=ckpt, max_new_tokens=4, min_pixels=None, max_pixels=None, dtype="float32",
+                           commit="reuse")
+    run(settings, root, ["synthetic"], str(tmp_path / "out"), batch_size=3, limit=6, model=model,
+        processor=processor, warmup=True)
+    lines = read_samples(str(tmp_path / "out" / "synthetic" / "samples.jsonl"))
+    assert sorted(line["doc_id"] for line in lines) == list(range(6))
+    assert all(line["denoising_forwards"] >= 1 and line["record"]["qtype"] for line in lines)
+    # Two batches of 3; each distinct batch shape was decoded twice (warm-up, then timed), a repeated one once.
+    shapes = [(len(c), max(e["input_ids"].shape[1] for e in c)) for c in spy.calls]
+    assert len(spy.calls) in (3, 4) and shapes[0] == shapes[1]
+    # No system turn, and the images at the task's own size (the checkpoint's processor, not the release's bounds).
+    first = spy.calls[0][0]
+    text = processor.tokenizer.decode(first["input_ids"][0])
+    assert "system" not in text and first["image_grid_thw"].tolist() in ([[1, 4, 6]], [[1, 4, 4]])
+    run_file = json.load(open(tmp_path / "out" / "synthetic" / "run.json"))
+    assert run_file["settings"]["commit"] == "reuse" and run_file["settings"]["min_pixels"] is None

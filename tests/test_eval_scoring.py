@@ -17,8 +17,9 @@ from bard_jax.eval.scoring import realworldqa as rwqa
 # registry and shared contract
 
 
-def test_registry_names_the_seven_tasks():
-    assert set(SCORERS) == {"mme", "ai2d", "chartqa", "mmstar", "realworldqa", "mmmu_val", "mmmu_pro_standard"}
+def test_registry_names_the_seven_tasks_and_the_synthetic_one():
+    assert set(SCORERS) == {"mme", "ai2d", "chartqa", "mmstar", "realworldqa", "mmmu_val", "mmmu_pro_standard",
+                            "synthetic"}
     for name, module in SCORERS.items():
         assert module.TASK == name
         assert callable(module.process) and callable(module.aggregate)
@@ -48,6 +49,7 @@ _ONE_DOC = {
         "A",
     ),
     "mmmu_pro_standard": ({"id": "test_Math_1", "subject": "Math", "options": "['1', '2']", "answer": "B"}, "B"),
+    "synthetic": ({"question": "q", "answer": "top left", "qtype": "where"}, "top left"),
 }
 
 
@@ -432,3 +434,25 @@ def test_mmmu_pro_standard_accuracy():
     assert [r["parsed_pred"] for r in recs] == ["J", "I", "J"]
     # (1 * 2 + 0 * 1) / 3 = 0.666... -> 0.66667
     assert mmmu_pro_standard.aggregate(recs) == {"accuracy": 0.66667}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The synthetic task (Mini-BARD)
+
+
+def test_synthetic_exact_match_and_token_accuracy_per_question_type():
+    from bard_jax.eval.scoring import synthetic
+
+    docs = [
+        ({"answer": "top left", "qtype": "where"}, "top left"),  # exact; 2 words + end right: 3/3
+        ({"answer": "top left", "qtype": "where"}, "top right"),  # word 1 wrong: 2/3
+        ({"answer": "top left", "qtype": "where"}, "top left top"),  # one word too many: words 2/2, end wrong: 2/3
+        ({"answer": "7", "qtype": "number"}, ""),  # nothing: 0/2
+    ]
+    records = [synthetic.process(doc, pred) for doc, pred in docs]
+    assert [r["exact"] for r in records] == [True, False, False, False]
+    got = synthetic.aggregate(records)
+    # exact 1/4; token accuracy (1 + 2/3 + 2/3 + 0) / 4 = 7/12; where: exact 1/3, tokens (1 + 2/3 + 2/3) / 3 = 7/9
+    assert got["exact_match"] == pytest.approx(0.25) and got["token_accuracy"] == pytest.approx(7 / 12)
+    assert got["exact_match/where"] == pytest.approx(1 / 3) and got["token_accuracy/where"] == pytest.approx(7 / 9)
+    assert got["exact_match/number"] == 0 and got["n/where"] == 3 and got["n/number"] == 1

@@ -37,10 +37,11 @@ def docs(root):
 
 
 def test_the_seven_tasks():
-    assert tuple(TASKS) == NAMES
+    assert tuple(TASKS) == (*NAMES, "synthetic")  # the paper's seven, then the embedded task (Mini-BARD)
     assert {n: (t.split, t.max_new_tokens) for n, t in TASKS.items()} == {
         "mme": ("test", 16), "ai2d": ("test", 16), "chartqa": ("test", 16), "mmstar": ("val", 1024),
         "realworldqa": ("test", 16), "mmmu_val": ("validation", 128), "mmmu_pro_standard": ("test", 256),
+        "synthetic": ("eval", 64),
     }
     assert get_task("mme") is TASKS["mme"]
 
@@ -295,3 +296,24 @@ def test_fixture_schema_is_the_hubs(root):
     assert all(mmmu.field(f"image_{i}").type == image for i in range(1, 8))
     assert mmmu.field("options").type == pa.string()
     assert pq.read_schema(split_files(root, get_task("ai2d"))[0]).field("options").type == pa.list_(pa.string())
+
+
+def test_the_synthetic_task_reads_the_embedded_tasks_held_out_records(tmp_path):
+    import json
+
+    from bard_jax.data.synthetic import generate
+    from bard_jax.eval.prompts import chat_messages
+
+    root = generate(str(tmp_path / "syn"), n=2, seed=0, n_eval=5)
+    records = [json.loads(line) for line in open(os.path.join(root, "eval.jsonl"))]
+    task = get_task("synthetic")
+    docs = list(read_docs(root, task, limit=4))
+    assert [d for d, _ in docs] == [0, 1, 2, 3]
+    for (_, doc), rec in zip(docs, records):
+        assert task.prompt(doc) == rec["messages"][0]["content"][1]["text"]
+        assert task.target(doc) == rec["meta"]["answer"] and doc["qtype"] == rec["meta"]["qtype"]
+        image = task.visuals(doc)[0]
+        assert image.size == Image.open(os.path.join(root, rec["messages"][0]["content"][0]["image"])).size
+    # Trained without a system turn, evaluated without one.
+    messages = chat_messages(task.visuals(docs[0][1]), task.prompt(docs[0][1]), task.system)
+    assert [m["role"] for m in messages] == ["user"]

@@ -42,7 +42,7 @@ def split_files(root: str | os.PathLike, task: Task) -> list[str]:
         found = [p for p in glob.glob(os.path.join(glob.escape(base), pattern)) if os.path.isfile(p)]
         if found:
             return sorted(found, key=lambda p: os.path.relpath(p, base))
-    raise EvalError(f"{task.name}: no parquet file of the {task.split} split under {base}; expected one matching "
+    raise EvalError(f"{task.name}: no file of the {task.split} split under {base}; expected one matching "
                     + " or ".join(repr(p) for p in task.files))
 
 
@@ -53,6 +53,9 @@ def read_docs(root: str | os.PathLike, task: Task, limit: int | None = None) -> 
     naming the file, raised before any of its rows is yielded.
     """
     if limit is not None and limit <= 0:
+        return
+    if task.reader == "jsonl":
+        yield from _jsonl_docs(root, task, limit)
         return
     doc_id = 0
     for path in split_files(root, task):
@@ -74,6 +77,27 @@ def read_docs(root: str | os.PathLike, task: Task, limit: int | None = None) -> 
                         return
         except (OSError, pa.ArrowException) as e:
             raise EvalError(f"{task.name}: cannot read parquet file {path}: {e}") from None
+
+
+def _jsonl_docs(root: str | os.PathLike, task: Task, limit: int | None) -> Iterator[tuple[int, dict]]:
+    """(doc_id, row) of a JSONL split of chat records (our training format); `task.jsonl_row(record, base_dir)`
+    turns a record into the task's row. A line that is not such a record is an EvalError naming file and line."""
+    import json
+
+    doc_id = 0
+    for path in split_files(root, task):
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = task.jsonl_row(json.loads(line), os.path.dirname(path))
+                except (ValueError, KeyError, IndexError, TypeError) as e:
+                    raise EvalError(f"{task.name}: {path}:{number}: not a record of the task ({e})") from None
+                yield doc_id, row
+                doc_id += 1
+                if limit is not None and doc_id >= limit:
+                    return
 
 
 def _is_binary(value: Any) -> bool:

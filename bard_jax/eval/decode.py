@@ -21,12 +21,14 @@ MIN_BUCKET = 32
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
-    """One document's decode: its new tokens [N] and statistics (forwards, tokens up to EOS, tokens per forward)."""
+    """One document's decode: its new tokens [N] and statistics (forwards, tokens up to EOS, tokens per forward,
+    denoising forwards)."""
 
     tokens: np.ndarray
     nfe: int
     generated_tokens: int
     tokens_per_forward: float
+    denoising_forwards: int  # forwards that chose tokens (AR: one per token; diffusion: without prefill / commits)
 
 
 def decoder_config(settings: dict[str, Any], mask_id: int, eos_id: int) -> Any:
@@ -40,6 +42,7 @@ def decoder_config(settings: dict[str, Any], mask_id: int, eos_id: int) -> Any:
         max_new_tokens=settings["max_new_tokens"], block_size=settings["block_size"],
         denoising_steps=settings["denoising_steps"], strategy=settings["strategy"],
         confidence_threshold=settings["confidence_threshold"], mask_token_id=mask_id, eos_token_id=eos_id,
+        commit=settings.get("commit") or "forward",
     )
 
 
@@ -81,7 +84,7 @@ def decode_batch(model: Any, encodings: list[dict[str, np.ndarray]], config: Any
                           pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
         made = np.asarray(out.stats["generated_tokens"])
         # One forward per token (the prefill gives the first): a row's own forwards, not the batch's longest.
-        nfe, per_forward = made, np.ones(made.shape)
+        nfe, per_forward, denoising = made, np.ones(made.shape), made
     else:
         import bard_jax as bj
 
@@ -89,5 +92,7 @@ def decode_batch(model: Any, encodings: list[dict[str, np.ndarray]], config: Any
                           pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
         made = np.asarray(out.stats["generated_tokens"])
         nfe, per_forward = np.asarray(out.stats["nfe"]), np.asarray(out.stats["tokens_per_forward"])
+        denoising = np.asarray(out.stats["denoising_forwards"])
     tokens = np.asarray(out.tokens)
-    return [Decoded(tokens[i], int(nfe[i]), int(made[i]), float(per_forward[i])) for i in range(len(encodings))]
+    return [Decoded(tokens[i], int(nfe[i]), int(made[i]), float(per_forward[i]), int(denoising[i]))
+            for i in range(len(encodings))]

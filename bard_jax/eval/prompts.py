@@ -15,15 +15,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-SYSTEM_PROMPT = "You are a helpful assistant."
+from bard_jax.eval.task import SYSTEM_PROMPT
+
 DEFAULT_MASK_ID = 151671  # the release's mask id, for a tokenizer without `<|mask|>` (as python -m bard_jax.generate)
 
 
-def chat_messages(images: list[Image.Image], text: str) -> list[dict[str, Any]]:
-    """The wrapper's messages for one document: images before the text, no interleaving."""
+def chat_messages(images: list[Image.Image], text: str, system: str | None = SYSTEM_PROMPT) -> list[dict[str, Any]]:
+    """The wrapper's messages for one document: the system turn (none when `system` is None), then images before
+    the text, no interleaving."""
     content = [{"type": "image", "image": im} for im in images]
     content.append({"type": "text", "text": text})
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    system_turn = [] if system is None else [{"role": "system", "content": system}]
+    return [*system_turn, {"role": "user", "content": content}]
 
 
 def special_ids(tokenizer: Any, im_end_id: int) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 keeps what it decoded and a rerun goes on from there.
 
 A line: doc_id, prediction, target, record (the scorer's per-document record), nfe, generated_tokens,
-tokens_per_forward (null for a document that was not decoded), seconds (its share of its batch's wall time) and
+tokens_per_forward, denoising_forwards (null for a document that was not decoded), seconds (its share of its batch's
+decode call: prefill and decoding, compilation included unless the run warms up; image preprocessing excluded) and
 error (why its images could not be used, else null).
 """
 

@@ -42,9 +42,10 @@ class RunSettings:
     strategy: str = DEFAULT_STRATEGY
     confidence_threshold: float = DEFAULT_THRESHOLD
     max_new_tokens: int | None = None
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_pixels: int | None = DEFAULT_MIN_PIXELS  # None: the checkpoint's own processor settings
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     dtype: str = "bfloat16"
+    commit: str = "forward"  # bj.SamplingConfig.commit: how a finished block's K/V enter the cache
 
     def for_task(self, task_max_new_tokens: int) -> dict[str, Any]:
         """The settings recorded in OUT/<task>/run.json (JSON values; the model as an absolute path)."""
@@ -56,6 +57,7 @@ class RunSettings:
             "denoising_steps": (self.denoising_steps or self.block_size) if diffusion else None,
             "strategy": self.strategy if diffusion else None,
             "confidence_threshold": self.confidence_threshold if diffusion else None,
+            "commit": self.commit if diffusion else None,
             "max_new_tokens": self.max_new_tokens or task_max_new_tokens,
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,

@@ -18,6 +18,7 @@ from bard_jax.eval.data import decode_image
 from bard_jax.eval.errors import EvalError
 
 IMAGE_PLACEHOLDER = "<image>"
+SYSTEM_PROMPT = "You are a helpful assistant."  # the release's lmms-eval wrapper's system turn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,12 @@ class Task:
     text: Callable[[dict], str] = dataclasses.field(repr=False, compare=False)
     visual_columns: Callable[[dict], list[str]] = dataclasses.field(repr=False, compare=False)
     target_of: Callable[[dict], str] = dataclasses.field(repr=False, compare=False)
+    # The system turn before the user's (the release's wrapper adds "You are a helpful assistant."); None for a
+    # task whose models were trained without one (the synthetic task).
+    system: str | None = SYSTEM_PROMPT
+    # "parquet" (a hub split) or "jsonl" (chat records in our training format: `jsonl_row` makes each a row).
+    reader: str = "parquet"
+    jsonl_row: Callable[[dict, str], dict] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def visuals(self, doc: dict) -> list[Image.Image]:
         """The row's images, decoded to RGB, in the order the task shows them; a null or bad one is an EvalError."""

@@ -13,6 +13,7 @@ per-subject layout of MMMU/MMMU.
 from __future__ import annotations
 
 import ast
+import os
 import re
 
 from bard_jax.eval.errors import EvalError
@@ -154,6 +155,25 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          columns=("id", "question", "options", "answer", "subject", *MMMU_IMAGES), image_columns=MMMU_IMAGES,
          max_new_tokens=256, text=_mmmu_pro_text, visual_columns=_mmmu_pro_visuals, target_of=_answer),
 )}
+
+
+def _synthetic_row(record: dict, base_dir: str) -> dict:
+    """A held-out record of the embedded synthetic task -> a one-image row (the image read from its path)."""
+    content = record["messages"][0]["content"]
+    image = next(part["image"] for part in content if part["type"] == "image")
+    return {"question": " ".join(part["text"] for part in content if part["type"] == "text"),
+            "image": {"bytes": None, "path": os.path.join(base_dir, image)},
+            "answer": record["meta"]["answer"], "qtype": record["meta"]["qtype"]}
+
+
+# The embedded synthetic task's held-out set (`python -m bard_jax.data.synthetic`; ROOT is its directory): the
+# Mini-BARD study's evaluation. Its models train without a system turn and at the task's own image sizes, and its
+# longest answers are 54 tokens.
+SYNTHETIC = Task(name="synthetic", hub_path="", files=("eval.jsonl",), split="eval",
+                 columns=("question", "image", "answer", "qtype"), image_columns=("image",), max_new_tokens=64,
+                 text=lambda doc: doc["question"], visual_columns=_single_image, target_of=_answer, system=None,
+                 reader="jsonl", jsonl_row=_synthetic_row)
+TASKS[SYNTHETIC.name] = SYNTHETIC
 
 
 def get_task(name: str) -> Task:

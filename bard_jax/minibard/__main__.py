@@ -5,8 +5,8 @@
    SWD students B8/B16/B32 from the same-block PBM stages with PBM B4 as the teacher, each with the public
    training command (a finished stage is skipped, an interrupted one resumes);
 3. evaluates the AR model (KV-cached greedy decoding) and every diffusion model under static decoding at several
-   step counts, dynamic decoding across thresholds, and commit reuse, on the held-out questions, with
-   `bj.generate`;
+   step counts, dynamic decoding across thresholds, and commit reuse, on the held-out questions, through the
+   benchmark runner (`bard_jax.eval`, task `synthetic`; per-setting samples in WORKDIR/eval);
 4. writes RESULTS/minibard.json, RESULTS/minibard.md and PNG plots.
 
 `--smoke` runs every part with a few steps and a tiny eval (the test suite runs it); its results go to
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -99,25 +100,30 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages.chain():
         train_seconds[stage.name] = stages.run_stage(stage, workdir, overrides)
 
-    ev = evaluate.load_eval_set(os.path.join(workdir, "data"), eval_n, one_group=args.smoke)
+    # Every evaluation is redone (a stage may have been retrained since): the runner would resume an old one.
+    eval_dir = os.path.join(workdir, "eval")
+    shutil.rmtree(eval_dir, ignore_errors=True)
+    ev = evaluate.load_eval_set(os.path.join(workdir, "data"), eval_dir, eval_n)
     print(f"[minibard] evaluating on {ev.size} held-out questions", flush=True)
 
-    def load(name):
-        return bj.load_pretrained(os.path.join(workdir, name, "export"))
+    def export(name):
+        return os.path.join(workdir, name, "export")
 
-    ar_model = load("ar")
-    ar = evaluate.run_setting(ar_model, ev, evaluate.ar_decoder(ar_model, ev, MAX_NEW_TOKENS), batch)
+    ar_model = bj.load_pretrained(export("ar"))
+    ar = evaluate.metrics(evaluate.decode_all(ar_model, ev, evaluate.ar_settings(export("ar"), MAX_NEW_TOKENS),
+                                              "ar", batch))
     ar.update(name="ar", block_size=1, strategy="autoregressive")
     print(f"[minibard] ar: exact {ar['exact_match']:.3f} tokens/s {ar['tokens_per_second']:.0f}", flush=True)
     models = []
     for stage in stages.chain()[1:]:
-        model = load(stage.name)
-        for s in evaluate.sampling_settings(stage.block_size, args.smoke):
+        model = bj.load_pretrained(export(stage.name))
+        for k, s in enumerate(evaluate.sampling_settings(stage.block_size, args.smoke)):
             cfg = bj.SamplingConfig(
                 max_new_tokens=MAX_NEW_TOKENS, block_size=stage.block_size, denoising_steps=s["denoising_steps"],
                 strategy=s["strategy"], confidence_threshold=s["threshold"] or 0.9, commit=s["commit"],
                 mask_token_id=ev.mask_token_id, eos_token_id=ev.eos_token_id)
-            m = evaluate.run_setting(model, ev, evaluate.diffusion_decoder(model, ev, cfg), batch)
+            settings = evaluate.diffusion_settings(export(stage.name), cfg)
+            m = evaluate.metrics(evaluate.decode_all(model, ev, settings, f"{stage.name}-{k}", batch))
             m.update(name=stage.name, block_size=stage.block_size, swd=stage.kind == "swd", **s)
             models.append(m)
             print(f"[minibard] {stage.name} {s['strategy'][15:]} steps={s['denoising_steps']} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 
 import numpy as np
 
@@ -33,15 +34,15 @@ def sign_test_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def decoder(stage: stages.Stage, model: bj.Model, ev: evaluate.EvalSet, threshold: float):
-    """The runner's reference setting for `stage` (at `threshold`)."""
+def settings_of(stage: stages.Stage, model_dir: str, ev: evaluate.EvalSet, threshold: float):
+    """The reference setting for `stage` (at `threshold`)."""
     if stage.kind == "ar":
-        return evaluate.ar_decoder(model, ev, MAX_NEW_TOKENS)
+        return evaluate.ar_settings(model_dir, MAX_NEW_TOKENS)
     cfg = bj.SamplingConfig(max_new_tokens=MAX_NEW_TOKENS, block_size=stage.block_size,
                             denoising_steps=stage.block_size, strategy=REFERENCE["strategy"],
                             confidence_threshold=threshold, commit=REFERENCE["commit"],
                             mask_token_id=ev.mask_token_id, eos_token_id=ev.eos_token_id)
-    return evaluate.diffusion_decoder(model, ev, cfg)
+    return evaluate.diffusion_settings(model_dir, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [tuple(s.split(":")) for s in args.pairs]
     if any(len(pair) != 2 or not set(pair) <= set(chain) for pair in pairs):
         p.error(f"--pairs take A:B stage names from {list(chain)}, got {args.pairs}")
-    ev = evaluate.load_eval_set(os.path.join(args.workdir, "data"))
+    eval_dir = os.path.join(args.workdir, "eval_paired")
+    shutil.rmtree(eval_dir, ignore_errors=True)  # the stages may have been retrained since the last comparison
+    ev = evaluate.load_eval_set(os.path.join(args.workdir, "data"), eval_dir)
     exact = {}
     for name in dict.fromkeys(n for pair in pairs for n in pair):
-        model = bj.load_pretrained(os.path.join(args.workdir, name, "export"))
-        exact[name] = evaluate.exact_per_question(ev, decoder(chain[name], model, ev, args.threshold), args.batch)
+        model_dir = os.path.join(args.workdir, name, "export")
+        settings = settings_of(chain[name], model_dir, ev, args.threshold)
+        samples = evaluate.decode_all(bj.load_pretrained(model_dir), ev, settings, name, args.batch)
+        exact[name] = evaluate.exact_per_question(samples)
         em = exact[name].mean()
         half = 1.96 * math.sqrt(em * (1 - em) / ev.size)
         print(f"{name:>8}: exact match {100 * em:.2f}% (+-{100 * half:.1f} at 95%, binomial)", flush=True)

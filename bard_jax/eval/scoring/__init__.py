@@ -1,5 +1,5 @@
 """The official scoring rules of the seven benchmarks the BARD-VL paper reports, as the release's vendored lmms-eval
-applies them.
+applies them, and the embedded synthetic task's (`synthetic`: exact match per question type, for Mini-BARD).
 
 One module per task. Each exposes `process(doc, prediction) -> record` (one JSON-serialisable dict per document; any
 filter lmms-eval would apply to the raw generation -- letter extraction, lower-casing, number words -- happens
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bard_jax.eval.scoring import ai2d, chartqa, mme, mmmu_pro_standard, mmmu_val, mmstar, realworldqa
+from bard_jax.eval.scoring import ai2d, chartqa, mme, mmmu_pro_standard, mmmu_val, mmstar, realworldqa, synthetic
 
 SCORERS: dict[str, ModuleType] = {
     "mme": mme,
@@ -25,6 +25,7 @@ SCORERS: dict[str, ModuleType] = {
     "realworldqa": realworldqa,
     "mmmu_val": mmmu_val,
     "mmmu_pro_standard": mmmu_pro_standard,
+    "synthetic": synthetic,  # the embedded task's held-out set (the Mini-BARD study)
 }
 
 __all__ = ["SCORERS"]
