@@ -21,7 +21,6 @@ from bard_jax import cli, hf
 from bard_jax.data import DataError, Processor
 
 PROG = "python -m bard_jax.generate"
-DEFAULT_MASK_ID = 151671
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -66,9 +65,7 @@ def main(argv: list[str]) -> int:
     images = [read_image(path) for path in args.image]
     hf.check_weights_dir(args.model)  # a training workdir or a wrong path is named before the tokenizer is read
     proc = Processor.from_pretrained(args.model)
-    tok = proc.tokenizer
-    mask_id = tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tok.get_vocab() else DEFAULT_MASK_ID
-    cfg = dataclasses.replace(settings, mask_token_id=mask_id, eos_token_id=proc.im_end_id)
+    cfg = dataclasses.replace(settings, mask_token_id=proc.mask_id(), eos_token_id=proc.im_end_id)
     content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": args.prompt}]
     enc = proc.encode_chat([{"role": "user", "content": content}], add_generation_prompt=True)
     model = bj.load_pretrained(args.model, dtype=args.dtype)
@@ -79,7 +76,7 @@ def main(argv: list[str]) -> int:
     row = np.asarray(out.tokens[0])
     eos = np.nonzero(row == cfg.eos_token_id)[0]
     row = row[: eos[0]] if len(eos) else row
-    print(tok.decode([t for t in row.tolist() if t != mask_id], skip_special_tokens=True))
+    print(proc.tokenizer.decode([t for t in row.tolist() if t != cfg.mask_token_id], skip_special_tokens=True))
     s = out.stats
     print(f"[nfe {int(s['nfe'][0])}, denoising forwards {int(s['denoising_forwards'][0])}, tokens "
           f"{int(s['generated_tokens'][0])}, tokens/forward {float(s['tokens_per_forward'][0]):.2f}, "

@@ -106,14 +106,14 @@ def test_a_read_only_data_directory_caches_the_index_in_the_user_cache(tmp_path,
     write(data / "a.jsonl", [json.dumps(rec(i)) for i in range(3)])
     monkeypatch.setenv("BARD_JAX_CACHE", str(tmp_path / "cache"))
     # A read-only directory, as the test user may be root (who can write anywhere): writes beside the data fail.
-    real_write = jsonl_records._write_atomically
+    real_open = jsonl_records.atomic_file
 
-    def write_or_fail(directory, name, fn):
-        if directory.startswith(str(data)):
-            raise PermissionError(13, "Permission denied", directory)
-        return real_write(directory, name, fn)
+    def open_or_fail(path, *args, **kwargs):
+        if str(path).startswith(str(data)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(jsonl_records, "_write_atomically", write_or_fail)
+    monkeypatch.setattr(jsonl_records, "atomic_file", open_or_fail)
     assert len(open_records(str(data))) == 3
     assert len(os.listdir(tmp_path / "cache" / "jsonl_index")) == 2
     scans = []

@@ -127,7 +127,7 @@ def baseline(ckpt, data_root, tmp_path_factory):
 def test_prompt_and_answer_follow_the_release_wrapper(ckpt):
     proc = Processor.from_pretrained(ckpt)
     tok = proc.tokenizer
-    mask_id, eos_id = special_ids(tok, proc.im_end_id)
+    mask_id, eos_id = special_ids(proc)
     assert (mask_id, eos_id) == (tok.convert_tokens_to_ids("<|mask|>"), tok.convert_tokens_to_ids("<|im_end|>"))
     messages = chat_messages(["im1", "im2"], "what color ?")
     assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}

@@ -22,12 +22,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from bard_jax.atomic_file import atomic_file, atomic_write
 from bard_jax.data.processor import DataError
 
 log = logging.getLogger(__name__)
@@ -145,27 +145,15 @@ def _load_cached(path: str, fingerprint: dict[str, Any]) -> np.ndarray | None:
     return None
 
 
-def _write_atomically(directory: str, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _store(path: str, fingerprint: dict[str, Any], lines: np.ndarray) -> str | None:
     """Cache an index (the array, then its metadata, which is what makes it valid); the directory it went to, or
     None when no location could be written (the index is then rebuilt by every run)."""
     meta = json.dumps({"shard": fingerprint, "records": int(len(lines)), "path": os.path.abspath(path)}).encode()
     for directory, stem in _cache_locations(path):
         try:
-            os.makedirs(directory, exist_ok=True)
-            _write_atomically(directory, stem + ".npy", lambda f: np.save(f, lines))
-            _write_atomically(directory, stem + ".json", lambda f: f.write(meta))
+            with atomic_file(os.path.join(directory, stem + ".npy")) as f:
+                np.save(f, lines)
+            atomic_write(os.path.join(directory, stem + ".json"), meta)
             return directory
         except OSError:
             continue

@@ -39,6 +39,9 @@ class DataError(BardError, ValueError):
     """A sample that cannot be encoded (names what is wrong)."""
 
 
+RELEASE_MASK_ID = 151671  # the release's mask token id (spec section 2)
+
+
 class Processor:
     def __init__(self, tokenizer: Any, settings: ImageSettings, video_settings: VideoSettings | None = None):
         self.tokenizer = tokenizer
@@ -50,6 +53,12 @@ class Processor:
         self.im_start_id = tid("<|im_start|>")
         self.im_end_id = tid("<|im_end|>")
         self.assistant_header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+
+    def mask_id(self, default: int = RELEASE_MASK_ID) -> int:
+        """The mask token: the tokenizer's `<|mask|>` when it has one, else `default` (the release's id: BARD-VL
+        checkpoints use an embedding row past the tokenizer's tokens)."""
+        tok = self.tokenizer
+        return int(tok.convert_tokens_to_ids("<|mask|>")) if "<|mask|>" in tok.get_vocab() else int(default)
 
     @classmethod
     def from_pretrained(cls, path: str, min_pixels: int | None = None, max_pixels: int | None = None) -> Processor:

@@ -9,7 +9,6 @@ task asks for them, so a row that cannot be decoded fails alone and the runner c
 from __future__ import annotations
 
 import glob
-import io
 import os
 import re
 from collections.abc import Iterator
@@ -17,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from bard_jax.data.hub_image import decode_hub_image
+from bard_jax.data.processor import DataError
 from bard_jax.eval.errors import EvalError
 
 if TYPE_CHECKING:
@@ -115,23 +116,7 @@ def decode_image(value: Any, base_dir: str | os.PathLike | None = None) -> Image
     A relative path is taken from `base_dir` (default: the working directory). Anything that does not decode is an
     EvalError, so one broken row is reported and scored as wrong instead of stopping the run.
     """
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        data, path = value, None
-    else:
-        raise EvalError(f"not an image: expected a {{bytes, path}} struct, got {type(value).__name__}")
-    if data is None:
-        if not path:
-            raise EvalError("image has neither bytes nor a path")
-        full = os.path.join(os.fspath(base_dir), path) if base_dir is not None else path
-        try:
-            with open(full, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise EvalError(f"image has no bytes and its path {full} cannot be read: {e.strerror}") from None
     try:
-        with Image.open(io.BytesIO(bytes(data))) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise EvalError(f"undecodable image bytes ({len(data)} bytes): {e}") from None
+        return decode_hub_image(value, ("" if base_dir is None else os.fspath(base_dir),))
+    except DataError as e:
+        raise EvalError(str(e)) from None

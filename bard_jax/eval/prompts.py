@@ -17,8 +17,6 @@ from PIL import Image
 
 from bard_jax.eval.task import SYSTEM_PROMPT
 
-DEFAULT_MASK_ID = 151671  # the release's mask id, for a tokenizer without `<|mask|>` (as python -m bard_jax.generate)
-
 
 def chat_messages(images: list[Image.Image], text: str, system: str | None = SYSTEM_PROMPT) -> list[dict[str, Any]]:
     """The wrapper's messages for one document: the system turn (none when `system` is None), then images before
@@ -29,11 +27,10 @@ def chat_messages(images: list[Image.Image], text: str, system: str | None = SYS
     return [*system_turn, {"role": "user", "content": content}]
 
 
-def special_ids(tokenizer: Any, im_end_id: int) -> tuple[int, int]:
-    """(mask id, EOS id): the tokenizer's `<|mask|>` if it has one, else the release's 151671; EOS `<|im_end|>`.
-    The same rule as `python -m bard_jax.generate`."""
-    mask_id = tokenizer.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tokenizer.get_vocab() else DEFAULT_MASK_ID
-    return int(mask_id), int(im_end_id)
+def special_ids(processor: Any) -> tuple[int, int]:
+    """(mask id, EOS id): `Processor.mask_id()` (the tokenizer's `<|mask|>`, else the release's id) and
+    `<|im_end|>`, as `python -m bard_jax.generate` takes them."""
+    return processor.mask_id(), int(processor.im_end_id)
 
 
 def answer_text(tokens: np.ndarray, tokenizer: Any, *, eos_id: int, mask_id: int | None) -> str:

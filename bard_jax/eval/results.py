@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bard_jax.atomic_file import atomic_write
 from bard_jax.eval.samples import read_samples
 from bard_jax.eval.settings import SAMPLES_FILE, read_run_file, write_json_atomic
 
@@ -123,8 +124,5 @@ def write_results(out: str) -> dict[str, dict[str, Any]]:
     """Rebuild OUT/results.json and OUT/results.md; returns the summaries."""
     summaries = collect(out)
     write_json_atomic(os.path.join(out, "results.json"), {"tasks": summaries})
-    tmp = os.path.join(out, f"results.md.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(markdown(summaries))
-    os.replace(tmp, os.path.join(out, "results.md"))
+    atomic_write(os.path.join(out, "results.md"), markdown(summaries))
     return summaries

@@ -221,7 +221,7 @@ def run(settings: RunSettings, root: str, task_names: list[str], out: str, *, ba
     if processor is None:
         processor = Processor.from_pretrained(settings.model, min_pixels=settings.min_pixels,
                                               max_pixels=settings.max_pixels)
-    mask_id, eos_id = special_ids(processor.tokenizer, processor.im_end_id)
+    mask_id, eos_id = special_ids(processor)
     if model is None:
         model = bj.load_pretrained(settings.model, dtype=settings.dtype)
     summaries: dict[str, dict[str, Any]] = {}

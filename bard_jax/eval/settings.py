@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from bard_jax.atomic_file import atomic_file
 from bard_jax.eval.errors import EvalError
 
 DECODERS = ("diffusion", "ar")
@@ -100,11 +101,9 @@ def check_resumable(task_dir: str, settings: dict[str, Any]) -> None:
 
 def write_json_atomic(path: str, value: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename: a reader never sees half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_file(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_run_file(task_dir: str, settings: dict[str, Any], limit: int | None, complete: bool) -> None:

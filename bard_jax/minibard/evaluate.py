@@ -43,7 +43,7 @@ class EvalSet:
 
     @property
     def mask_token_id(self) -> int:
-        return self.processor.tokenizer.convert_tokens_to_ids("<|mask|>")
+        return self.processor.mask_id()
 
     @property
     def eos_token_id(self) -> int:

@@ -194,8 +194,7 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
     processor = Processor.from_pretrained(processor_dir, min_pixels=d.min_pixels or None,
                                           max_pixels=d.max_pixels or None)
     model_config = model_config_for(cfg, processor)
-    tok = processor.tokenizer
-    mask_id = tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in tok.get_vocab() else cfg.objective.mask_token_id
+    mask_id = processor.mask_id(default=cfg.objective.mask_token_id)
     obj = objective_config(cfg, model_config.text.vocab_size, mask_id, processor.im_end_id,
                            vision_ids(model_config))
     teacher_config = None

@@ -22,10 +22,8 @@ def to_sample(row: dict[str, Any], index: int, ctx: RowContext) -> Sample:
         turns += [Turn("user", rnd.get("user") or ""), Turn("assistant", rnd.get("assistant") or "")]
     images = row.get("images") or []
     check_turns(turns, has_images=bool(images))
-    decoded = [decode_image(im, list(ctx.search_dirs)) for im in images]
-    row_id = row.get("id")
-    return Sample(id=str(row_id) if row_id is not None else ctx.derived_id(index),
-                  messages=build_messages(turns, decoded, ctx.system))
+    decoded = [decode_image(im, ctx.search_dirs) for im in images]
+    return Sample(id=ctx.id_of(row, index), messages=build_messages(turns, decoded, ctx.system))
 
 
 SOURCE = Source(

@@ -18,6 +18,7 @@ checks (`conversation.check_turns`; a turn with an image or video of its own is 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from bard_jax.data.convert.arrow_rows import ARROW, STATE_FILE, find_files
@@ -70,7 +71,7 @@ def _part_type(part: dict[str, Any]) -> str:
     return kind
 
 
-def _load_part(part: dict[str, Any], search_dirs: list[str]) -> dict[str, Any]:
+def _load_part(part: dict[str, Any], search_dirs: Sequence[str]) -> dict[str, Any]:
     """The part with its image decoded or its video resolved to the source file's path."""
     kind = _part_type(part)
     part = {**part, "type": kind}
@@ -104,10 +105,9 @@ def to_sample(row: dict[str, Any], index: int, ctx: RowContext) -> Sample:
     for m in messages:
         content = m.get("content", "")
         if isinstance(content, list):
-            content = [_load_part(p, list(ctx.search_dirs)) for p in content]
+            content = [_load_part(p, ctx.search_dirs) for p in content]
         out.append({**m, "content": content})
-    row_id = row.get("id")
-    return Sample(id=str(row_id) if row_id is not None else ctx.derived_id(index), messages=out)
+    return Sample(id=ctx.id_of(row, index), messages=out)
 
 
 SOURCE = Source(

@@ -28,10 +28,8 @@ def to_sample(row: dict[str, Any], index: int, ctx: RowContext) -> Sample:
         turns.append(Turn(SPEAKERS.get(speaker, speaker), text or ""))
     image = row.get("image")
     check_turns(turns, has_images=image is not None)
-    images = [decode_image(image, list(ctx.search_dirs))] if image is not None else []
-    row_id = row.get("id")
-    return Sample(id=str(row_id) if row_id is not None else ctx.derived_id(index),
-                  messages=build_messages(turns, images, ctx.system))
+    images = [decode_image(image, ctx.search_dirs)] if image is not None else []
+    return Sample(id=ctx.id_of(row, index), messages=build_messages(turns, images, ctx.system))
 
 
 SOURCE = Source(

@@ -33,13 +33,12 @@ def to_sample(row: dict[str, Any], index: int, ctx: RowContext) -> Sample:
     turns = [Turn("user", (row.get("question") or "").strip()), Turn("assistant", answer.strip())]
     image = row.get("image")
     check_turns(turns, has_images=image is not None)
-    images = [decode_image(image, list(ctx.search_dirs))] if image is not None else []
+    images = [decode_image(image, ctx.search_dirs)] if image is not None else []
     messages = build_messages(turns, images, ctx.system)
     for part in messages[-2]["content"]:  # the question was stripped before its tags were removed: strip again
         if part["type"] == "text":
             part["text"] = part["text"].strip()
-    row_id = row.get("id")
-    return Sample(id=str(row_id) if row_id is not None else ctx.derived_id(index), messages=messages)
+    return Sample(id=ctx.id_of(row, index), messages=messages)
 
 
 SOURCE = Source(

@@ -30,6 +30,7 @@ from typing import Any
 
 from PIL import Image
 
+from bard_jax.atomic_file import atomic_file, atomic_write
 from bard_jax.data.convert.conversation import Sample
 
 IMAGE_FORMATS = {"jpeg": ("jpg", {"format": "JPEG", "quality": 95, "optimize": True}),  # the release's setting
@@ -52,10 +53,7 @@ def failed_path(out: str, name: str) -> str:
 
 
 def write_atomically(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + TMP, "wb") as f:
-        f.write(data)
-    os.replace(path + TMP, path)
+    atomic_write(path, data, tmp=path + TMP)  # a fixed temporary name: a killed run's leftover is known
 
 
 def write_if_changed(path: str, data: bytes) -> None:
@@ -111,19 +109,16 @@ class ShardWriter:
     def _save_image(self, image: Image.Image, row: int, k: int) -> str:
         rel = f"images/{self.name}/{row:08d}_{k}.{self.ext}"
         path = os.path.join(self.out, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + TMP, "wb") as f:
+        with atomic_file(path, tmp=path + TMP) as f:
             image.save(f, **self.save_args)
-        os.replace(path + TMP, path)
         self.images += 1
         return rel
 
     def _copy_video(self, source: str, row: int, k: int) -> str:
         rel = f"videos/{self.name}/{row:08d}_{k}{os.path.splitext(source)[1].lower()}"
         path = os.path.join(self.out, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        shutil.copyfile(source, path + TMP)
-        os.replace(path + TMP, path)
+        with atomic_file(path, tmp=path + TMP) as f, open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
         self.videos += 1
         return rel
 

@@ -55,9 +55,10 @@ class RowContext:
     search_dirs: tuple[str, ...]  # where a relative image (or video) path is looked for, in order
     system: str
 
-    def derived_id(self, row: int) -> str:
-        """A deterministic id for a row whose source has none: "<subset>/<shard stem>/<row>"."""
-        return f"{self.shard.name}/{row}"
+    def id_of(self, row: dict[str, Any], index: int) -> str:
+        """The row's `id` column, or for a source without one a deterministic "<subset>/<shard stem>/<index>"."""
+        row_id = row.get("id")
+        return str(row_id) if row_id is not None else f"{self.shard.name}/{index}"
 
 
 @dataclasses.dataclass(frozen=True)
