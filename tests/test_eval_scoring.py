@@ -456,3 +456,33 @@ def test_synthetic_exact_match_and_token_accuracy_per_question_type():
     assert got["exact_match"] == pytest.approx(0.25) and got["token_accuracy"] == pytest.approx(7 / 12)
     assert got["exact_match/where"] == pytest.approx(1 / 3) and got["token_accuracy/where"] == pytest.approx(7 / 9)
     assert got["exact_match/number"] == 0 and got["n/where"] == 3 and got["n/number"] == 1
+
+
+def test_synthetic_field_accuracy_compares_entries_field_by_field_and_splits_short_and_long():
+    from bard_jax.eval.scoring import synthetic
+
+    two = "[ { top left : big red solid circle } , { top right : small blue outline square } ]"
+    docs = [
+        # Both entries right: 12 / 12 fields, exact.
+        ({"answer": two, "qtype": "list"}, two),
+        # The first entry missing: the prediction's entry 0 (the answer's entry 1) is compared with entry 0: only
+        # "top" is right (1 of 6), and entry 1 is missing (0 of 6): 1 / 12.
+        ({"answer": two, "qtype": "list"}, "[ { top right : small blue outline square } ]"),
+        # Entry 1's fill wrong and an extra third entry of 6 fields: (6 + 5) / (12 + 6) = 11 / 18.
+        ({"answer": two, "qtype": "list"},
+         "[ { top left : big red solid circle } , { top right : small blue solid square } , "
+         "{ bottom left : big red solid circle } ]"),
+        # Short answers are one entry: 1 of 2 words right.
+        ({"answer": "top left", "qtype": "where"}, "top right"),
+        ({"answer": "big red solid circle", "qtype": "describe"}, "big red solid circle"),
+    ]
+    records = [synthetic.process(doc, pred) for doc, pred in docs]
+    assert [r["field_accuracy"] for r in records] == pytest.approx([1.0, 1 / 12, 11 / 18, 0.5, 1.0])
+    assert [r["long"] for r in records] == [True, True, True, False, False]  # 25 words; 2 and 4
+    got = synthetic.aggregate(records)
+    assert got["exact_match/long"] == pytest.approx(1 / 3) and got["exact_match/short"] == pytest.approx(1 / 2)
+    assert got["field_accuracy/long"] == pytest.approx((1 + 1 / 12 + 11 / 18) / 3)
+    assert got["field_accuracy/short"] == pytest.approx(0.75) and got["n/long"] == 3 and got["n/short"] == 2
+    # An entry left open at the end still counts its fields; punctuation is never a field.
+    assert synthetic.entries("[ { top left : big") == [["top", "left", "big"]]
+    assert synthetic.field_accuracy("", "top left") == 0.0

@@ -16,54 +16,100 @@ MODEL_KEYS = {"name", "block_size", "swd", "strategy", "denoising_steps", "thres
               "token_accuracy", "tokens_per_forward", "tokens_per_second", "nfe"}
 
 
-@pytest.mark.slow  # about 4 minutes on 2 cores, most of the default suite's budget: run with -m slow
 def test_smoke_run_trains_every_stage_and_writes_the_results(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--workdir", str(tmp_path / "w")],
-                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
+    """The whole study in miniature, main chain then ablations (a few steps each; about 3 minutes on 2 cores)."""
+    env = {**os.environ, "XLA_FLAGS": ""}
+    w = tmp_path / "w"
+    r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--workdir", str(w)],
+                       capture_output=True, text=True, cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
-    out = tmp_path / "w" / "results"
+    out = w / "results"
     results = json.load(open(out / "minibard.json"))
+    assert results["task"] == "attributes"
     for stage in ("ar", "pbm_b4", "pbm_b8", "pbm_b16", "pbm_b32", "swd_b8", "swd_b16", "swd_b32"):
-        assert (tmp_path / "w" / stage / "export").is_dir(), stage
-        assert (tmp_path / "w" / stage / "metrics.jsonl").is_file(), stage
+        assert (w / stage / "export").is_dir(), stage
+        assert (w / stage / "metrics.jsonl").is_file(), stage
     ar = results["ar"]
     assert 0 <= ar["exact_match"] <= 1 and ar["nfe"] >= 1 and ar["tokens_per_second"] > 0
+    assert ar["short"]["questions"] + ar["long"]["questions"] == 12 == ar["questions"]
     models = results["models"]
     assert {m["name"] for m in models} == {"pbm_b4", "pbm_b8", "pbm_b16", "pbm_b32", "swd_b8", "swd_b16", "swd_b32"}
     for m in models:
         assert MODEL_KEYS <= set(m), m
-        assert 0 <= m["exact_match"] <= 1 and 0 <= m["token_accuracy"] <= 1 and m["nfe"] >= 2
+        assert 0 <= m["exact_match"] <= 1 and 0 <= m["field_accuracy"] <= 1 and m["nfe"] >= 2
+        assert {"exact_match", "field_accuracy", "tokens_per_second"} <= set(m["long"])
         assert m["swd"] == m["name"].startswith("swd")
     kinds = {(m["strategy"], m["commit"]) for m in models}
     assert kinds == {("low_confidence_static", "forward"), ("low_confidence_dynamic", "forward"),
                      ("low_confidence_dynamic", "reuse")}
-    assert "swd_recovered_fraction" in results["headline"]
+    assert "swd_recovered_fraction_long_exact_match" in results["headline"]
+    assert {(p["a"], p["b"]) for p in results["paired"]} >= {("ar", "pbm_b4"), ("pbm_b32", "swd_b32")}
     assert "| swd_b32 |" in open(out / "minibard.md").read()
     for png in ("minibard_accuracy_vs_tpf.png", "minibard_losses.png"):
         assert (out / png).stat().st_size > 1000
+    # The ablations reuse the main stages (not trained again) and compare each with its main stage.
+    r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--ablations", "--workdir", str(w)],
+                       capture_output=True, text=True, cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("already trained, skipped") == 8
+    ablations = json.load(open(out / "minibard_ablations.json"))
+    pairs = {(p["a"], p["b"]) for p in ablations["paired"]}
+    assert pairs == {("pbm_b32", "direct_b32"), ("swd_b32", "swd_b32_ar_teacher"), ("pbm_b4", "pbm_b4_mix"),
+                     ("pbm_b4", "pbm_b4_shift")}
+    for stage in ("direct_b32", "swd_b32_ar_teacher", "pbm_b4_mix", "pbm_b4_shift"):
+        assert (w / stage / "export").is_dir(), stage
+    shift = json.load(open(w / "pbm_b4_shift" / "export" / "bard_jax_config.json"))
+    assert shift["training"]["shift_labels"] is True
+    assert "| pbm_b4_shift |" in open(out / "minibard_ablations.md").read()
 
 
-def _m(name, exact, tpf=1.0, tps=100.0, threshold=0.9, commit="forward"):
+def _m(name, exact, tpf=1.0, tps=100.0, threshold=0.9, commit="forward", long=None, long_tps=None, setting=0):
+    long = exact if long is None else long
     return {"name": name, "exact_match": exact, "tokens_per_forward": tpf, "tokens_per_second": tps,
-            "strategy": "low_confidence_dynamic", "denoising_steps": 4, "threshold": threshold, "commit": commit}
+            "strategy": "low_confidence_dynamic", "denoising_steps": 4, "threshold": threshold, "commit": commit,
+            "setting": setting, "long": {"exact_match": long, "field_accuracy": long,
+                                         "tokens_per_second": long_tps or tps, "tokens_per_forward": tpf}}
 
 
 def test_headline_targets_arithmetic():
     ref = {"strategy": "low_confidence_dynamic", "threshold": 0.9, "commit": "forward"}
-    results = {"ar": {"exact_match": 0.95, "tokens_per_second": 50.0},
-               "models": [_m("pbm_b4", 0.94), _m("pbm_b32", 0.70), _m("swd_b32", 0.90, tpf=3.5, tps=150.0),
-                          _m("swd_b32", 0.97, threshold=0.95, tps=120.0), _m("pbm_b4", 0.99, commit="reuse",
-                                                                              tps=80.0)]}
+    results = {"ar": {"exact_match": 0.95, "tokens_per_second": 50.0,
+                      "short": {"exact_match": 0.97}, "long": {"exact_match": 0.93, "tokens_per_second": 40.0}},
+               "models": [_m("pbm_b4", 0.94, long=0.92), _m("pbm_b32", 0.70, long=0.60),
+                          _m("swd_b32", 0.90, tpf=3.5, tps=150.0, long=0.84, long_tps=130.0, setting=1),
+                          _m("swd_b32", 0.97, threshold=0.95, tps=120.0, long=0.95, long_tps=70.0, setting=2),
+                          _m("pbm_b4", 0.99, commit="reuse", tps=80.0, long=0.91, long_tps=90.0)]}
     h = report.headline(results, ref)
-    assert h["swd_recovered_fraction"] == pytest.approx((0.90 - 0.70) / (0.94 - 0.70))
+    # PBM loses 32 points on long answers from B4 to B32; SWD B32 gets 24 of them back.
+    assert h["swd_recovered_fraction_long_exact_match"] == pytest.approx((0.84 - 0.60) / (0.92 - 0.60))
     assert h["swd_b32_gap_to_ar_points"] == pytest.approx(5.0)
-    assert h["fastest_at_ar_accuracy"]["tokens_per_second"] == 120.0
-    assert h["speedup_vs_ar_at_equal_accuracy"] == pytest.approx(120.0 / 50.0)
+    assert h["ar_exact_match_long"] == 0.93
     # Only the swd_b32 setting at >= 3 tokens per forward counts for the B32 target, however accurate the others.
     assert h["swd_b32_best_at_3_tokens_per_forward"]["exact_match"] == 0.90
+    assert h["swd_b32_best_at_3_tokens_per_forward"]["setting"] == 1
     assert h["swd_b32_best_at_3_tokens_per_forward"]["gap_to_ar_points"] == pytest.approx(5.0)
+    # Long answers within 2 points of AR's 93%: pbm_b4 (92, 100 tokens/s), the threshold-0.95 swd_b32 (95, 70) and
+    # pbm_b4 reuse (91, 90): the fastest is pbm_b4 at 100 / 40. At least AR's 93%: only swd_b32 at 0.95, 70 / 40.
+    assert h["fastest_long_within_2_points"]["name"] == "pbm_b4"
+    assert h["fastest_long_within_2_points"]["speedup_vs_ar"] == pytest.approx(100 / 40)
+    assert h["fastest_long_at_least_ar"]["speedup_vs_ar"] == pytest.approx(70 / 40)
     results["models"] = [m for m in results["models"] if m["tokens_per_forward"] < 3.0]
     assert "swd_b32_best_at_3_tokens_per_forward" not in report.headline(results, ref)
+
+
+def test_paired_table_counts_discordant_questions_per_subset():
+    import numpy as np
+
+    a = {"short": np.array([1, 1, 0, 0], bool), "long": np.array([1, 0, 0], bool)}
+    b = {"short": np.array([1, 0, 1, 1], bool), "long": np.array([0, 0, 0], bool)}
+    for d in (a, b):
+        d["all"] = np.concatenate([d["short"], d["long"]])
+    rows = {r["subset"]: r for r in report.paired_table({("x", 0): a, ("y", 3): b}, [(("x", 0), ("y", 3))])}
+    assert (rows["short"]["a_only"], rows["short"]["b_only"]) == (1, 2)
+    assert rows["short"]["points"] == pytest.approx(25.0) and rows["short"]["p"] == pytest.approx(1.0)
+    assert (rows["long"]["a_only"], rows["long"]["b_only"], rows["long"]["b_setting"]) == (1, 0, 3)
+    assert rows["all"]["questions"] == 7 and (rows["all"]["a_only"], rows["all"]["b_only"]) == (2, 2)
+    assert rows["all"]["points"] == 0.0
 
 
 def test_chain_order_inputs_and_skipping_finished_stages(tmp_path, capsys):
@@ -76,37 +122,70 @@ def test_chain_order_inputs_and_skipping_finished_stages(tmp_path, capsys):
     assert f"--recipe.model.init_from={tmp_path / 'pbm_b32'}" in argv
     assert f"--recipe.objective.teacher_init_from={tmp_path / 'pbm_b4'}" in argv
     assert os.path.isfile(argv[1])
+    ablation = {s.name: s for s in stages.ablations()}
+    argv = stages.train_argv(ablation["swd_b32_ar_teacher"], str(tmp_path))
+    assert f"--recipe.objective.teacher_init_from={tmp_path / 'ar'}" in argv
+    assert f"--recipe.model.init_from={tmp_path / 'ar'}" in stages.train_argv(ablation["direct_b32"], str(tmp_path))
     (tmp_path / "ar" / "export").mkdir(parents=True)
     assert stages.run_stage(chain[0], str(tmp_path)) == 0.0  # finished: not trained again
     assert "already trained, skipped" in capsys.readouterr().out
 
 
-def test_seed_reaches_every_random_choice_of_every_stage(tmp_path):
+def test_each_stage_has_its_own_data_seed_and_ablations_share_their_main_stages(tmp_path):
+    """The recipes hold each stage's data seed (data order and noise), so the diffusion stages do not all start on
+    the same examples; an ablation trains with the same seed and steps as the main stage it is compared with, and
+    differs from it only in what it ablates. --seed S moves every stage's seed and the AR source's init."""
     from bard_jax.minibard import stages
     from bard_jax.minibard.__main__ import seed_overrides
     from bard_jax.train.recipe import apply_overrides, load_recipe, parse_override_args
 
-    assert seed_overrides(0) == ()  # the default run's stage commands are the recipes' own
-    for stage in stages.chain():
-        argv = stages.train_argv(stage, str(tmp_path), seed_overrides(7))
+    def config(stage, seed=0):
+        argv = stages.train_argv(stage, str(tmp_path), seed_overrides(seed, stage))
         assert argv[2] == "--workdir"
-        cfg = apply_overrides(load_recipe(argv[1]), parse_override_args(argv[4:]))
-        assert (cfg.seed, cfg.data.seed, cfg.objective.seed) == (7, 7, 7), stage.name
-        assert cfg.data.synthetic_seed == 0, stage.name  # the same task and held-out questions for every seed
+        return apply_overrides(load_recipe(argv[1]), parse_override_args(argv[4:]))
+
+    main = {s.name: s for s in stages.chain()}
+    seeds = [config(s).data.seed for s in main.values()]
+    assert seeds == list(range(8))
+    for s in main.values():
+        cfg = config(s)
+        assert cfg.objective.seed == cfg.data.seed == s.data_seed and cfg.data.synthetic_task == "attributes"
+        moved = config(s, 7)
+        assert (moved.seed, moved.data.seed, moved.objective.seed) == (7, s.data_seed + 700, s.data_seed + 700)
+        assert moved.data.synthetic_seed == 0  # the same task and held-out questions for every seed
+    assert seed_overrides(0, main["pbm_b4"]) == ()  # the default run's stage commands are the recipes' own
+    pbm = {b: config(main[f"pbm_b{b}"]) for b in (4, 8, 16, 32)}
+    for ab in stages.ablations():
+        cfg, base = config(ab), config(main[ab.compare_with])
+        assert cfg.data.seed == ab.data_seed
+        assert cfg.objective.block_size == base.objective.block_size, ab.name
+        if ab.name == "direct_b32":
+            assert cfg.steps == sum(p.steps for p in pbm.values()) and cfg.data.seed == pbm[4].data.seed
+            continue
+        assert cfg.steps == base.steps and cfg.data.seed == base.data.seed, ab.name
+        differs = {k for k in ("noise", "shift_labels", "teacher_kind", "teacher_init_from", "teacher_block_size")
+                   if getattr(cfg.objective, k) != getattr(base.objective, k)}
+        assert differs == {"pbm_b4_mix": {"noise"}, "pbm_b4_shift": {"shift_labels"},
+                           "swd_b32_ar_teacher": {"teacher_kind", "teacher_init_from", "teacher_block_size"}
+                           }[ab.name], ab.name
 
 
-def test_a_workdir_holds_one_seed(tmp_path):
+def test_a_workdir_holds_one_seed_and_one_task(tmp_path):
     from bard_jax.minibard.__main__ import claim_workdir
 
     claim_workdir(str(tmp_path / "a"), 3)
     claim_workdir(str(tmp_path / "a"), 3)  # the same seed resumes
     with pytest.raises(SystemExit, match="--seed 3"):
         claim_workdir(str(tmp_path / "a"), 4)
-    (tmp_path / "old" / "ar").mkdir(parents=True)  # trained before seeds were recorded: the default seed
+    with pytest.raises(SystemExit, match="--task attributes"):
+        claim_workdir(str(tmp_path / "a"), 3, "digits")
+    (tmp_path / "old" / "ar").mkdir(parents=True)  # trained before seeds were recorded: seed 0, the digits task
     with pytest.raises(SystemExit, match="--seed 0"):
-        claim_workdir(str(tmp_path / "old"), 1)
-    claim_workdir(str(tmp_path / "old"), 0)
-    assert json.load(open(tmp_path / "old" / "seed.json")) == {"seed": 0}
+        claim_workdir(str(tmp_path / "old"), 1, "digits")
+    with pytest.raises(SystemExit, match="--task digits"):
+        claim_workdir(str(tmp_path / "old"), 0, "attributes")
+    claim_workdir(str(tmp_path / "old"), 0, "digits")
+    assert json.load(open(tmp_path / "old" / "seed.json")) == {"seed": 0, "task": "digits"}
 
 
 def test_paired_sign_test_p_values():

@@ -1,15 +1,18 @@
 """The embedded default task: small drawn scenes and questions that need the image, with a word-level tokenizer.
 
-  python -m bard_jax.data.synthetic --out DIR --n N --seed S [--n-eval M]
+  python -m bard_jax.data.synthetic --out DIR --n N --seed S [--n-eval M] [--task NAME]
 
 writes DIR/tokenizer/ (an HF tokenizer + chat template + Qwen3-VL-style preprocessor_config.json + task.json),
-DIR/images/*.png, DIR/train.jsonl, DIR/eval.jsonl (disjoint scenes) and DIR/settings.json (n, n_eval, seed and the
-format version). The same settings give the same bytes. Everything is written into a temporary folder next to DIR
+DIR/images/*.png, DIR/train.jsonl, DIR/eval.jsonl (disjoint scenes) and DIR/settings.json (task, n, n_eval, seed and
+the format version). The same settings give the same bytes. Everything is written into a temporary folder next to DIR
 and renamed into place when complete, so a killed generation never leaves a DIR that looks usable; `ensure` reuses
 DIR only when its settings match and its files are complete.
 
-A scene is a 2 x 2 or 2 x 3 grid of 32-pixel cells; some cells hold a shape (circle, square, triangle, diamond) in
-one of five colours with a digit drawn on it. Question types:
+Two tasks. `attributes` (and its hard mode `attributes_hard`, `bard_jax.data.synthetic_attributes`) is Mini-BARD's:
+shapes, colours, sizes and fills, with long structured answers. `digits` (the default of `data.synthetic_task`, and
+the first Mini-BARD's) is described here; `--task` picks one. A scene is a 2 x 2 or 2 x 3 grid of 32-pixel cells;
+some cells hold a shape (circle, square, triangle, diamond) in one of five colours with a digit drawn on it.
+Question types:
   count   "how many red shapes are there ?"          -> "2"                       (1 token)
   color   "what color is the triangle ?"             -> "blue"                    (unique shapes only)
   shape   "what shape is at the bottom right ?"      -> "circle"                  (occupied cells only)
@@ -26,6 +29,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -137,13 +142,13 @@ def make_question(rng: np.random.Generator, objects: list[dict]) -> tuple[str, s
     return qtype, "list the objects in reading order .", "[ " + " , ".join(items) + " ]"
 
 
-def build_tokenizer(out_dir: str) -> None:
-    """A word-level HF tokenizer with Qwen-style specials, a mask token and a ChatML template."""
+def build_tokenizer(out_dir: str, words: list[str] = WORDS, qtypes: tuple[str, ...] = QTYPES) -> None:
+    """A word-level HF tokenizer over `words` with Qwen-style specials, a mask token and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {}
-    for w in dict.fromkeys(WORDS):
+    for w in dict.fromkeys(words):
         vocab[w] = len(vocab)
     vocab["<unk>"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -169,15 +174,45 @@ def build_tokenizer(out_dir: str) -> None:
                   sort_keys=True)
     with open(os.path.join(out_dir, "task.json"), "w") as f:
         json.dump({"vocab_size": len(fast), "mask_token_id": ids["<|mask|>"], "eos_token_id": ids["<|im_end|>"],
-                   "pad_token_id": ids["<|im_end|>"], "special_ids": ids, "question_types": list(QTYPES)}, f,
+                   "pad_token_id": ids["<|im_end|>"], "special_ids": ids, "question_types": list(qtypes)}, f,
                   indent=2, sort_keys=True)
 
 
-def write_split(out: str, name: str, n: int, rng: np.random.Generator, start: int) -> None:
+def _attributes(hard: bool):
+    from bard_jax.data import synthetic_attributes as a
+
+    return SyntheticTask(a.WORDS, a.QTYPES_HARD if hard else a.QTYPES, lambda rng: a.draw_scene(rng, hard),
+                         lambda rng, objects: a.make_question(rng, objects, hard))
+
+
+class SyntheticTask(NamedTuple):
+    words: list[str]  # the tokenizer's vocabulary (before the specials)
+    qtypes: tuple[str, ...]
+    draw_scene: Callable[[np.random.Generator], tuple[Image.Image, list[dict]]]
+    make_question: Callable[[np.random.Generator, list[dict]], tuple[str, str, str]]
+
+
+TASKS = {
+    "digits": lambda: SyntheticTask(WORDS, QTYPES, draw_scene, make_question),
+    "attributes": lambda: _attributes(False),
+    "attributes_hard": lambda: _attributes(True),
+}
+DEFAULT_TASK = "digits"
+
+
+def task_named(name: str) -> SyntheticTask:
+    if name not in TASKS:
+        raise DataError(f"unknown synthetic task {name!r} (data.synthetic_task, --task); known: {sorted(TASKS)}")
+    return TASKS[name]()
+
+
+def write_split(out: str, name: str, n: int, rng: np.random.Generator, start: int,
+                task: SyntheticTask | None = None) -> None:
+    task = task or TASKS[DEFAULT_TASK]()
     with open(os.path.join(out, f"{name}.jsonl"), "w") as f:
         for i in range(n):
-            img, objects = draw_scene(rng)
-            qtype, question, answer = make_question(rng, objects)
+            img, objects = task.draw_scene(rng)
+            qtype, question, answer = task.make_question(rng, objects)
             rel = f"images/{name}_{start + i:06d}.png"
             img.save(os.path.join(out, rel), optimize=False)
             record = {
@@ -198,7 +233,7 @@ LAYOUT = ("tokenizer", "images", "train.jsonl", "eval.jsonl", SETTINGS_FILE)
 IMAGE_NAME = re.compile(r"(train|eval)_\d{6}\.png")
 
 
-def settings_of(n: int, seed: int, n_eval: int) -> dict:
+def settings_of(n: int, seed: int, n_eval: int, task: str = DEFAULT_TASK) -> dict:
     """What settings.json records for these settings (compared when a folder is reused)."""
     if n < 1:
         raise DataError(f"synthetic data needs at least 1 training sample (--n, data.synthetic_n), got {n}")
@@ -206,11 +241,12 @@ def settings_of(n: int, seed: int, n_eval: int) -> dict:
         raise DataError(f"synthetic data needs >= 0 eval samples (--n-eval, data.synthetic_eval_n), got {n_eval}")
     if seed < 0:
         raise DataError(f"the synthetic data seed must be >= 0 (--seed, data.synthetic_seed), got {seed}")
-    return {"generator": GENERATOR, "format": FORMAT_VERSION, "n": n, "n_eval": n_eval, "seed": seed}
+    task_named(task)
+    return {"generator": GENERATOR, "format": FORMAT_VERSION, "n": n, "n_eval": n_eval, "seed": seed, "task": task}
 
 
 def _describe(settings: dict) -> str:
-    return ", ".join(f"{k}={settings.get(k)}" for k in ("n", "n_eval", "seed", "format"))
+    return ", ".join(f"{k}={settings.get(k)}" for k in ("task", "n", "n_eval", "seed", "format"))
 
 
 def read_settings(path: str) -> dict | None:
@@ -220,7 +256,9 @@ def read_settings(path: str) -> dict | None:
             found = json.load(f)
     except (OSError, ValueError):
         return None
-    return found if isinstance(found, dict) and found.get("generator") == GENERATOR else None
+    if not isinstance(found, dict) or found.get("generator") != GENERATOR:
+        return None
+    return {"task": DEFAULT_TASK, **found}  # folders made before there were several tasks hold the digits task
 
 
 def is_synthetic_output(path: str) -> bool:
@@ -247,9 +285,9 @@ def _refuse(path: str) -> DataError:
                      f"(data.synthetic_dir, --out) or move it away yourself")
 
 
-def why_not_reusable(path: str, n: int, seed: int, n_eval: int) -> str | None:
+def why_not_reusable(path: str, n: int, seed: int, n_eval: int, task: str = DEFAULT_TASK) -> str | None:
     """None when `path` holds complete synthetic data made with these settings, else what is wrong with it."""
-    want = settings_of(n, seed, n_eval)
+    want = settings_of(n, seed, n_eval, task)
     if not os.path.isdir(path):
         return "does not exist"
     found = read_settings(path)
@@ -277,37 +315,38 @@ def why_not_reusable(path: str, n: int, seed: int, n_eval: int) -> str | None:
     return f"is incomplete ({', '.join(problems)})" if problems else None
 
 
-def generate(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
+def generate(out: str, n: int, seed: int = 0, n_eval: int = 200, task: str = DEFAULT_TASK) -> str:
     """Write the task into `out` (replacing an earlier synthetic output there; anything else is refused).
 
     The files are written into a temporary folder next to `out` and renamed into place when all are complete
     (`bard_jax.atomic_dir`, which also removes what killed generations left)."""
-    settings = settings_of(n, seed, n_eval)
+    settings = settings_of(n, seed, n_eval, task)
+    spec = task_named(task)
     if not is_synthetic_output(os.path.realpath(out)):
         raise _refuse(out)
     with atomic_dir(os.path.realpath(out)) as tmp:
         os.mkdir(os.path.join(tmp, "images"))
-        build_tokenizer(os.path.join(tmp, "tokenizer"))
-        write_split(tmp, "train", n, np.random.default_rng([seed, 0]), 0)
-        write_split(tmp, "eval", n_eval, np.random.default_rng([seed, 1]), 0)
+        build_tokenizer(os.path.join(tmp, "tokenizer"), spec.words, spec.qtypes)
+        write_split(tmp, "train", n, np.random.default_rng([seed, 0]), 0, spec)
+        write_split(tmp, "eval", n_eval, np.random.default_rng([seed, 1]), 0, spec)
         with open(os.path.join(tmp, SETTINGS_FILE), "w") as f:  # last: its presence says the rest is complete
             json.dump(settings, f, indent=2, sort_keys=True)
     return out
 
 
-def ensure(out: str, n: int, seed: int = 0, n_eval: int = 200) -> str:
+def ensure(out: str, n: int, seed: int = 0, n_eval: int = 200, task: str = DEFAULT_TASK) -> str:
     """`out`, holding complete synthetic data made with these settings: reused when it already does, generated
     when missing, regenerated (with a note on stderr) when its settings differ or it is incomplete."""
-    settings_of(n, seed, n_eval)
+    settings_of(n, seed, n_eval, task)
     clean_stale_temp_dirs(os.path.realpath(out))  # a generation killed mid-swap may have left `out` aside
-    problem = why_not_reusable(out, n, seed, n_eval)
+    problem = why_not_reusable(out, n, seed, n_eval, task)
     if problem is None:
         return out
     if os.path.isdir(out) and os.listdir(out):
         if not is_synthetic_output(os.path.realpath(out)):
             raise _refuse(out)
         print(f"synthetic data at {out} {problem}; regenerating", file=sys.stderr, flush=True)
-    return generate(out, n, seed, n_eval)
+    return generate(out, n, seed, n_eval, task)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000, help="training samples (>= 1)")
     p.add_argument("--n-eval", type=int, default=200, help="held-out samples (>= 0)")
     p.add_argument("--seed", type=int, default=0, help="the same settings give the same bytes")
+    p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS), help="which task (default: digits)")
     p.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)
     a = p.parse_args(argv)
-    generate(a.out, a.n, a.seed, a.n_eval)
-    print(f"wrote {a.n} train and {a.n_eval} eval samples to {a.out}")
+    generate(a.out, a.n, a.seed, a.n_eval, a.task)
+    print(f"wrote {a.task}: {a.n} train and {a.n_eval} eval samples to {a.out}")
     return 0
 
 

@@ -43,6 +43,13 @@ class ObjectiveConfig:
     compute_dtype: str = "float32"
     logits_chunk: int = 256  # supervised slots per head chunk
     attention: AttentionConfig = AttentionConfig()  # dense | flash | auto (by size), tile sizes
+    # Opt-in label shift (Fast-dLLM v2 / Dream): response token s is predicted from the position before it (see
+    # `prediction_index`). False (the default) is the reference's no-shift convention.
+    shift_labels: bool = False
+    # SWD's teacher: "diffusion" (the reference: the small-block anchor, run on the student's corrupted sample under
+    # its own block mask) or "ar" (an autoregressive model: its next-token distribution given the clean prefix; the
+    # paper's ablation of distilling straight from the AR source).
+    teacher_kind: str = "diffusion"
 
     def __post_init__(self):
         if self.kind not in OBJECTIVES:
@@ -53,6 +60,10 @@ class ObjectiveConfig:
             raise InputError(
                 f"teacher block size {self.teacher_block_size} must divide the student block size {self.block_size}"
             )
+        if self.teacher_kind not in ("diffusion", "ar"):
+            raise InputError(f"unknown teacher_kind {self.teacher_kind!r}; expected 'diffusion' or 'ar'")
+        if self.shift_labels and self.kind != "pbm":
+            raise InputError(f"shift_labels is supported by the pbm objective only (objective {self.kind!r})")
 
 
 def _hidden(model_config: ModelConfig, obj: ObjectiveConfig, params: Any, batch: dict, info: TokenInfo):
@@ -116,11 +127,30 @@ def topk_kd(z_sv: jax.Array, zt_sv: jax.Array, top_k: int, temperature: float) -
     return -jnp.sum(q * jnp.take_along_axis(logp, ids, axis=-1), axis=-1)
 
 
+def prediction_index(batch: dict, block_size: int, shift_labels: bool) -> jax.Array:
+    """Positions [B, S] of the hidden states that predict the supervised slots of a packed batch.
+
+    No shift (the reference): slot s is read at its own noisy position `noisy_index[s]`. With the label shift: at
+    the position before it, `noisy_index[s] - 1`, except for the first slot of a block (s % b == 0), which is read
+    at the clean token before the block, `prefix_len + s - 1` (the last clean token of the previous block, or for
+    s = 0 the last prefix token). Slots past the response (unsupervised) are clipped into the row.
+    """
+    idx = batch["noisy_index"]
+    if not shift_labels:
+        return idx
+    slot = jnp.arange(idx.shape[1])[None]
+    clean_before = batch["prefix_len"][:, None] + slot - 1
+    shifted = jnp.where(slot % block_size == 0, clean_before, idx - 1)
+    return jnp.clip(shifted, 0, batch["input_ids"].shape[1] - 1)
+
+
 def pbm_loss(params, batch, seed_key, *, model_config, obj: ObjectiveConfig, global_num_samples: int):
-    """Weighted CE over supervised noisy positions: weight 1/t, per-sample sum / R, sum over samples / N_global."""
+    """Weighted CE over supervised noisy positions: weight 1/t, per-sample sum / R, sum over samples / N_global.
+    With `obj.shift_labels` the prediction of each slot is read one position earlier (`prediction_index`)."""
     batch = corrupt_batch(batch, seed_key, obj.block_size, obj.noise)
     net, p, h = _hidden(model_config, obj, params, batch, token_info(batch, obj.block_size))
-    h_s = jnp.take_along_axis(h, batch["noisy_index"][..., None], axis=1)
+    pred = prediction_index(batch, obj.block_size, obj.shift_labels)
+    h_s = jnp.take_along_axis(h, pred[..., None], axis=1)
     ce = _chunked(lambda hh, yy: _ce(net, p, hh, yy), obj.logits_chunk, h_s, batch["clean_tokens"])
     sup = batch["supervised"]
     loss = weighted_ce(ce, sup, batch["t"], batch["response_len"], global_num_samples)
@@ -142,11 +172,22 @@ def swd_loss(params, batch, seed_key, teacher_params, *, model_config, obj: Obje
     batch = corrupt_batch(batch, seed_key, obj.block_size, obj.noise)
     net, p, h = _hidden(model_config, obj, params, batch, token_info(batch, obj.block_size))
     t_obj = dataclasses.replace(obj, remat_policy="none")
-    tnet, tp, th = _hidden(teacher_config or model_config, t_obj, jax.lax.stop_gradient(teacher_params), batch,
-                           token_info(batch, obj.teacher_block_size))
     idx = batch["noisy_index"][..., None]
     h_s = jnp.take_along_axis(h, idx, axis=1)
-    th_s = jax.lax.stop_gradient(jnp.take_along_axis(th, idx, axis=1))
+    t_params = jax.lax.stop_gradient(teacher_params)
+    if obj.teacher_kind == "ar":
+        # The AR teacher reads `[prefix | clean]` token-causally (the noisy copy masked out) and predicts slot s at
+        # the clean token before it: p_AR(x_s | x_<s), with the whole clean response before s in view.
+        valid = batch["valid"] & (batch["kind"] != NOISY)
+        tnet, tp, th = _hidden(teacher_config or model_config, t_obj, t_params, dict(batch, valid=valid),
+                               TokenInfo.causal(valid))
+        slot = jnp.arange(idx.shape[1])[None]
+        t_idx = jnp.clip(batch["prefix_len"][:, None] + slot - 1, 0, th.shape[1] - 1)[..., None]
+    else:
+        tnet, tp, th = _hidden(teacher_config or model_config, t_obj, t_params, batch,
+                               token_info(batch, obj.teacher_block_size))
+        t_idx = idx
+    th_s = jax.lax.stop_gradient(jnp.take_along_axis(th, t_idx, axis=1))
     temp = obj.temperature
 
     def chunk(hh, thh, yy):

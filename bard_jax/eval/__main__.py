@@ -2,6 +2,7 @@
 
   python -m bard_jax.eval run --model DIR --data-root ROOT --tasks mmmu_val,mme,... --out OUT \\
       [--decoder diffusion|ar] [--block-size 4 --steps 4 --strategy low_confidence_dynamic --threshold 1.0] \\
+      [--shift-labels] \\
       [--batch-size N] [--limit N] [--min-pixels 65536 --max-pixels 4194304] [--dtype bfloat16|float32]
   python -m bard_jax.eval score --task TASK --data-root ROOT --predictions FILE
 
@@ -46,10 +47,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     r.add_argument("--strategy", default=S.DEFAULT_STRATEGY,
                    choices=["low_confidence_dynamic", "low_confidence_static"])
     r.add_argument("--threshold", type=float, default=S.DEFAULT_THRESHOLD, help="confidence threshold")
+    r.add_argument("--shift-labels", action="store_true",
+                   help="decode a model trained with the label shift (objective.shift_labels); default: no shift")
     r.add_argument("--batch-size", type=_positive, default=1, help="documents per decode call")
     r.add_argument("--limit", type=_positive, default=None, help="the first N documents of each split only")
-    r.add_argument("--min-pixels", type=_positive, default=S.DEFAULT_MIN_PIXELS)
-    r.add_argument("--max-pixels", type=_positive, default=S.DEFAULT_MAX_PIXELS)
+    r.add_argument("--min-pixels", type=_positive, default=None,
+                   help=f"default: {S.DEFAULT_MIN_PIXELS} (the release's); the checkpoint's own for --tasks synthetic")
+    r.add_argument("--max-pixels", type=_positive, default=None,
+                   help=f"default: {S.DEFAULT_MAX_PIXELS} (the release's); the checkpoint's own for --tasks synthetic")
     r.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     r.add_argument("--max-new-tokens", type=_positive, default=None,
                    help="override every task's answer length (smoke runs only: not the paper's setting)")
@@ -85,10 +90,14 @@ def main(argv: list[str]) -> int:
     names = task_names(args.tasks)
     if not names:
         raise EvalError(f"--tasks {args.tasks!r} names no task")
+    # The synthetic task's models train at its own small image sizes: the release's pixel range would upscale them.
+    own_sizes = set(names) == {"synthetic"}
+    min_pixels = args.min_pixels if args.min_pixels or own_sizes else S.DEFAULT_MIN_PIXELS
+    max_pixels = args.max_pixels if args.max_pixels or own_sizes else S.DEFAULT_MAX_PIXELS
     settings = S.RunSettings(
         model=args.model, decoder=args.decoder, block_size=args.block_size, denoising_steps=args.steps,
         strategy=args.strategy, confidence_threshold=args.threshold, max_new_tokens=args.max_new_tokens,
-        min_pixels=args.min_pixels, max_pixels=args.max_pixels, dtype=args.dtype,
+        min_pixels=min_pixels, max_pixels=max_pixels, dtype=args.dtype, shift_labels=args.shift_labels,
     )
     summaries = run(settings, args.data_root, names, args.out, batch_size=args.batch_size,
                     limit=args.limit)

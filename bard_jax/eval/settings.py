@@ -47,10 +47,15 @@ class RunSettings:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     dtype: str = "bfloat16"
     commit: str = "forward"  # bj.SamplingConfig.commit: how a finished block's K/V enter the cache
+    shift_labels: bool = False  # bj.SamplingConfig.shift_labels: decode a model trained with the label shift
 
     def for_task(self, task_max_new_tokens: int) -> dict[str, Any]:
-        """The settings recorded in OUT/<task>/run.json (JSON values; the model as an absolute path)."""
+        """The settings recorded in OUT/<task>/run.json (JSON values; the model as an absolute path).
+
+        `shift_labels` is recorded only when on, so a run.json written before the option existed (or without it)
+        holds the same settings as a run without the shift and resumes, while a shifted run never mixes with it."""
         diffusion = self.decoder == "diffusion"
+        shift = {"shift_labels": True} if diffusion and self.shift_labels else {}
         return {
             "model": os.path.abspath(self.model),
             "decoder": self.decoder,
@@ -63,6 +68,7 @@ class RunSettings:
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,
             "dtype": self.dtype,
+            **shift,
         }
 
 

@@ -86,7 +86,8 @@ def _save_part(params_dir: str, k: int, tree: dict[str, Any]) -> None:
         ckptr.save(os.path.join(params_dir, f"part-{k:05d}"), args=ocp.args.PyTreeSave(tree, save_args=save_args))
 
 
-def _write_meta(out: str, config: ModelConfig, raw: dict[str, Any] | None, dtypes: set[str]) -> None:
+def _write_meta(out: str, config: ModelConfig, raw: dict[str, Any] | None, dtypes: set[str],
+                training: dict[str, Any] | None = None) -> None:
     meta = {
         "format": "bard_jax",
         "version": FORMAT_VERSION,
@@ -94,6 +95,8 @@ def _write_meta(out: str, config: ModelConfig, raw: dict[str, Any] | None, dtype
         "hf_config": config.to_hf_dict(base=raw),
         "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
     }
+    if training is not None:  # the training export's record (not read back by the loader)
+        meta["training"] = training
     with open(os.path.join(out, CONVERTED_MARKER), "w") as f:
         json.dump(meta, f, indent=2)
 
@@ -104,12 +107,14 @@ def save_converted(
     raw_hf_config: dict[str, Any] | None,
     out_dir: str | os.PathLike,
     side_files_from: str | os.PathLike | None = None,
+    training: dict[str, Any] | None = None,
 ) -> str:
     """Write our format to `out_dir` (atomically, replacing whatever is there: the training export); returns its path.
 
     Written by the calling process alone (in a multi-process run: one process, holding the whole tree).
     params: our tree (jax or numpy arrays, any sharding). raw_hf_config: the original config.json dict (None: a
     fresh 5.x qwen3_vl config). side_files_from: a directory whose tokenizer / processor files are copied along.
+    training: JSON values recorded under "training" in the marker file (the training export: how it was trained).
     """
     table = name_table(config)
     problems = check_tree(params, table)
@@ -128,7 +133,7 @@ def save_converted(
                 del tree
                 release_memory()
                 advance(sum(nbytes[e.path] for e in part))
-        _write_meta(tmp, config, raw_hf_config, {np.dtype(x.dtype).name for x in leaves.values()})
+        _write_meta(tmp, config, raw_hf_config, {np.dtype(x.dtype).name for x in leaves.values()}, training)
         copy_side_files(side_files_from, tmp)
     return os.fspath(out_dir)
 

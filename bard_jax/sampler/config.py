@@ -80,6 +80,9 @@ class SamplingConfig:
     max_new_tokens is rounded up to a multiple of block_size. denoising_steps is the most forwards per block; the
     transfer quota of step i splits the block into that many parts, larger parts first. commit="forward" writes the
     finished block's K/V with one extra forward (the reference); "reuse" keeps the last denoising forward's K/V.
+    shift_labels=True decodes a model trained with the label shift (`ObjectiveConfig.shift_labels`): the prediction
+    for block position i is read from the logits at i - 1, and for position 0 from the logits of the last context
+    token before the block (the last prompt token for the first block); the default False is the reference.
     Every field is checked on construction (type and range; all problems in one `InputError`); the token ids are
     checked against the model's vocabulary by `generate`.
     """
@@ -95,6 +98,7 @@ class SamplingConfig:
     mask_token_id: int = 151671
     eos_token_id: int = 151645
     commit: str = "forward"
+    shift_labels: bool = False
 
     def __post_init__(self) -> None:
         check = SettingsCheck(self)
@@ -113,14 +117,17 @@ class SamplingConfig:
         if mask_ok and eos_ok and self.mask_token_id == self.eos_token_id:
             check.problems.append(f"mask_token_id and eos_token_id are both {self.mask_token_id}")
         check.choice("commit", COMMITS, "commit mode")
+        if not isinstance(self.shift_labels, bool):
+            check.problems.append(f"shift_labels must be a bool, got {_shown(self.shift_labels)}")
         check.raise_problems()
 
     def prefill_settings(self) -> SamplingConfig:
-        """The settings the prompt prefill depends on (block layout, mask id); the rest set to defaults, so every
-        setting with the same layout shares one compiled prefill."""
+        """The settings the prompt prefill depends on (block layout, mask id, and with the label shift the logits of
+        the last prompt token); the rest set to defaults, so every setting with the same layout shares one compiled
+        prefill."""
         return SamplingConfig(max_new_tokens=self.num_blocks * self.block_size, block_size=self.block_size,
                               denoising_steps=1, mask_token_id=self.mask_token_id,
-                              eos_token_id=1 if self.mask_token_id == 0 else 0)
+                              eos_token_id=1 if self.mask_token_id == 0 else 0, shift_labels=self.shift_labels)
 
     def decode_settings(self) -> SamplingConfig:
         """The settings compiled into the decode loop: all but the confidence threshold, which the sampler passes

@@ -7,6 +7,13 @@ K kv heads, H head dim, V vocab.
 Per row: its own prompt length (left padding), positions, EOS, images. A row that emitted EOS is frozen (its later
 blocks stay mask ids) while the others go on; each row's tokens equal those of decoding it alone.
 
+Label shift (`SamplingConfig.shift_labels`, opt-in): the prediction for block position i is the logits at i - 1,
+and for position 0 the logits of the last context token before the block (`Carry.last_logits`): the last prompt
+token's from the prefill for the first block, then the last token of each finished block's. With commit="forward"
+those come from the commit forward (the block's final tokens); with commit="reuse" from the last denoising forward,
+an approximation: its input at the last position may differ from the final token (the last transfer happens after
+it), as the K/V that "reuse" caches do. Without the shift none of this is computed or carried.
+
 `sample` is the pure function (no host work; a caller's `jax.jit` may wrap it). `generate` is the convenient
 wrapper: it also accepts Python values, caches compiled programs per shape, times the prefill and the decode and
 returns numpy statistics.
@@ -56,6 +63,8 @@ class Carry:
     cache_valid: jax.Array  # [B, C]
     cache_block: jax.Array  # [B, C]
     key: jax.Array
+    # shift_labels only: logits [B, V] of the last context token before the current block (None without the shift).
+    last_logits: Any = None
 
 
 def _forward_block(net, params, tokens_bt, positions_3bt, carry: Carry):
@@ -100,7 +109,9 @@ def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, vision
     """Run the prompt with the block-causal prompt mask; return the initial carry and next positions [B]."""
     b, p = input_ids.shape
     info = TokenInfo.block_causal(attention_mask, cfg.block_size)
-    _, (k, v), next_pos = encode_prompt(net, params, input_ids, attention_mask, vision, info)
+    h, (k, v), next_pos = encode_prompt(net, params, input_ids, attention_mask, vision, info)
+    # Prompts are left padded: column P - 1 is every row's last real prompt token.
+    last_logits = net.apply({"params": params}, h[:, -1], method=Qwen3VL.logits) if cfg.shift_labels else None
     slots = p + cfg.num_blocks * cfg.block_size
     shape = k.shape[:2] + (slots,) + k.shape[3:]
     prompt_blocks = jnp.max(info.block, axis=-1) + 1  # per row: ceil(real prompt length / b)
@@ -115,6 +126,7 @@ def _prefill(net, params, cfg: SamplingConfig, input_ids, attention_mask, vision
         cache_valid=jnp.concatenate([info.valid, jnp.zeros((b, slots - p), bool)], axis=1),
         cache_block=jnp.concatenate([info.block, jnp.zeros((b, slots - p), jnp.int32)], axis=1),
         key=key,
+        last_logits=last_logits,
     )
     return carry, next_pos, prompt_blocks
 
@@ -126,6 +138,7 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
     schedule = jnp.asarray(cfg.transfer_schedule(), jnp.int32)
     rows = next_pos.shape[0]
     reuse = cfg.commit == "reuse"
+    shift = cfg.shift_labels
 
     def block_cond(c: Carry):
         return (c.block < cfg.num_blocks) & ~jnp.all(c.done)
@@ -139,22 +152,29 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
             lambda a: jnp.zeros(a.shape[:2] + (bs,) + a.shape[3:], a.dtype), (c.cache_k, c.cache_v)
         )
 
+        # With the shift and commit="reuse", the last denoising forward's logits at the block's last position (the
+        # next block's first prediction); carried through the steps like its K/V.
+        tail0 = c.last_logits if shift and reuse else None
+
         def step_cond(s):
-            x, step, _, _, _ = s
+            x, step, _, _, _, _ = s
             return (step < cfg.denoising_steps) & jnp.any(active & jnp.any(x == cfg.mask_token_id, axis=-1))
 
         def step_body(s):
-            x, step, counts, key, _ = s
+            x, step, counts, key, _, _ = s
             key, sub = jax.random.split(key)
             logits, kv = _forward_block(net, params, x, positions, c)
-            tok, conf = choose_tokens(logits, cfg, sub)
+            # Shift: position i reads the logits at i - 1; position 0 those of the token before the block.
+            pred = jnp.concatenate([c.last_logits[:, None], logits[:, :-1]], axis=1) if shift else logits
+            tok, conf = choose_tokens(pred, cfg, sub)
             masked = x == cfg.mask_token_id
             transfer = select_transfer(conf, masked, schedule[step], cfg, threshold) & active[:, None]
             counts = counts + (active & jnp.any(masked, axis=-1)).astype(jnp.int32)
-            return jnp.where(transfer, tok, x), step + 1, counts, key, kv if reuse else None
+            tail = logits[:, -1] if shift and reuse else None
+            return jnp.where(transfer, tok, x), step + 1, counts, key, kv if reuse else None, tail
 
-        x, _, counts, key, last_kv = jax.lax.while_loop(
-            step_cond, step_body, (x0, jnp.zeros((), jnp.int32), jnp.zeros((rows,), jnp.int32), c.key, kv0)
+        x, _, counts, key, last_kv, last_tail = jax.lax.while_loop(
+            step_cond, step_body, (x0, jnp.zeros((), jnp.int32), jnp.zeros((rows,), jnp.int32), c.key, kv0, tail0)
         )
         start = c.block * bs
         tokens = jax.lax.dynamic_update_slice_in_dim(
@@ -165,8 +185,14 @@ def _decode(net, params, cfg: SamplingConfig, carry: Carry, next_pos, prompt_blo
         c = c.replace(tokens=tokens, steps=steps, key=key, done=c.done | finished)
         # Rows that ran a commit forward ("reuse" runs none).
         commit_rows = active & ~finished & (not reuse)
-        kv = last_kv if reuse else _forward_block(net, params, x, positions, c)[1]
+        if reuse:
+            kv, tail = last_kv, last_tail
+        else:
+            commit_logits, kv = _forward_block(net, params, x, positions, c)
+            tail = commit_logits[:, -1] if shift else None
         c = _write_cache(c, kv, prompt_len + start, prompt_blocks.max() + c.block)
+        if shift:  # the finished block's last token is the context token before the next block
+            c = c.replace(last_logits=tail)
         return c.replace(commits=c.commits + commit_rows.astype(jnp.int32), block=c.block + 1)
 
     return jax.lax.while_loop(block_cond, block_body, carry)

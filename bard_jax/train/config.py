@@ -43,6 +43,7 @@ class DataSection:
     synthetic_n: int = 2000
     synthetic_eval_n: int = 200
     synthetic_seed: int = 0
+    synthetic_task: str = "digits"  # digits | attributes | attributes_hard (bard_jax.data.synthetic)
     global_batch_size: int = 8
     micro_batch_size: int = 8  # per optimizer update: global_batch_size / micro_batch_size accumulation steps
     length_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
@@ -75,8 +76,14 @@ class ObjectiveSection:
     pad_token_id: int = 151645
     replace_bound: int = 151646  # uniform replacements draw ids in [0, replace_bound)
     seed: int = 0
+    # Opt-in label shift (pbm only): response token i is predicted at position i - 1, a block's first token at the
+    # token before the block (Fast-dLLM v2 / Dream). Decode such a model with SamplingConfig(shift_labels=True).
+    shift_labels: bool = False
     # Stage 2 (SWD)
     teacher_init_from: str = ""
+    # "diffusion" (the reference: the small-block anchor) or "ar" (an AR model's next-token distribution given the
+    # clean prefix; use teacher_block_size=1): the paper's ablation of distilling straight from the AR source.
+    teacher_kind: str = "diffusion"
     teacher_block_size: int = 4
     top_k: int = 16
     ce_weight: float = 1.0
@@ -158,6 +165,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         need(key, _value_at(cfg, key) >= 0, "must be >= 0")
     if cfg.data.synthetic and not cfg.data.train_jsonl:
         need("data.synthetic_n", cfg.data.synthetic_n >= 1, "must be >= 1")
+        from bard_jax.data.synthetic import TASKS
+
+        need("data.synthetic_task", cfg.data.synthetic_task in TASKS, f"must be one of {sorted(TASKS)}")
     for key in ("data.length_buckets", "data.response_buckets", "data.patch_buckets"):
         buckets = _value_at(cfg, key)
         need(key, bool(buckets) and all(b >= 1 for b in buckets), "must be a non-empty list of sizes >= 1")
@@ -180,7 +190,10 @@ def check_train_config(cfg: TrainConfig) -> None:
     need("objective.mask_rate_min", 0 < ob.mask_rate_min <= 1, "must be in (0, 1]")
     need("objective.mask_rate_max", ob.mask_rate_min <= ob.mask_rate_max <= 1,
          "must be in [objective.mask_rate_min, 1]")
+    need("objective.shift_labels", not ob.shift_labels or ob.kind == "pbm",
+         "is supported by the pbm objective only")
     if ob.kind == "swd":
+        need("objective.teacher_kind", ob.teacher_kind in ("diffusion", "ar"), "must be 'diffusion' or 'ar'")
         need("objective.teacher_block_size", ob.teacher_block_size >= 1, "must be >= 1")
         need("objective.top_k", ob.top_k >= 1, "must be >= 1")
         need("objective.temperature", ob.temperature > 0, "must be > 0")

@@ -65,12 +65,14 @@ def resolve_weights(path: str) -> str:
 
 def _synthetic_dir(cfg: TrainConfig) -> str:
     d = cfg.data
-    out = d.synthetic_dir or os.path.join(os.path.dirname(cfg.workdir), "data", f"synthetic_s{d.synthetic_seed}")
+    name = f"synthetic_s{d.synthetic_seed}" if d.synthetic_task == "digits" else \
+        f"synthetic_{d.synthetic_task}_s{d.synthetic_seed}"
+    out = d.synthetic_dir or os.path.join(os.path.dirname(cfg.workdir), "data", name)
     if jax.process_index() == 0:
         from bard_jax.data.synthetic import ensure
 
         # Reused only when complete and made with these settings (a killed generation or other n is redone).
-        ensure(out, d.synthetic_n, d.synthetic_seed, d.synthetic_eval_n)
+        ensure(out, d.synthetic_n, d.synthetic_seed, d.synthetic_eval_n, d.synthetic_task)
     sync_processes("synthetic data")  # the other processes read what process 0 generated
     return out
 
@@ -146,6 +148,7 @@ def objective_config(cfg: TrainConfig, vocab_size: int, mask_id: int, pad_id: in
         teacher_block_size=o.teacher_block_size, top_k=o.top_k, ce_weight=o.ce_weight, kd_weight=o.kd_weight,
         temperature=o.temperature, remat_policy=cfg.model.remat_policy, compute_dtype=cfg.model.compute_dtype,
         attention=AttentionConfig(cfg.model.attention, cfg.model.attention_tile, cfg.model.attention_tile),
+        shift_labels=o.shift_labels, teacher_kind=o.teacher_kind,
     )
 
 
@@ -234,7 +237,7 @@ def pipeline_config(cfg: TrainConfig, obj: ObjectiveConfig) -> PipelineConfig:
 def fingerprint(cfg: TrainConfig, model_config: ModelConfig) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed by this recipe."""
     t, v = model_config.text, model_config.vision
-    return {
+    out = {
         "text": [t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
                  t.num_key_value_heads, t.head_dim],
         "vision": [v.depth, v.hidden_size, v.intermediate_size, v.num_heads],
@@ -243,6 +246,10 @@ def fingerprint(cfg: TrainConfig, model_config: ModelConfig) -> dict[str, Any]:
         "global_batch_size": cfg.data.global_batch_size,
         "param_dtype": cfg.model.param_dtype,
     }
+    # Only when on: checkpoints written before the option existed (and every no-shift one) keep resuming.
+    if cfg.objective.shift_labels:
+        out["shift_labels"] = True
+    return out
 
 
 def abstract_params(cfg: TrainConfig, model_config: ModelConfig) -> Any:
@@ -525,11 +532,20 @@ def export(cfg: TrainConfig, model_config: ModelConfig, params: Any, run: Run) -
     sync_processes("export written")
 
 
+def training_record(cfg: TrainConfig) -> dict[str, Any]:
+    """How the exported weights were trained, kept under "training" in the export's bard_jax_config.json: the
+    objective, its block size, and whether the labels were shifted (decode such a model with
+    `SamplingConfig(shift_labels=True)`)."""
+    o = cfg.objective
+    return {"objective": o.kind, "block_size": o.block_size, "shift_labels": bool(o.shift_labels)}
+
+
 def _write_export(cfg: TrainConfig, model_config: ModelConfig, params: Any, run: Run) -> None:
     init = resolve_weights(cfg.model.init_from)
     raw = raw_config_of_dir(init) if init else None
     params = jax.device_get(params)
-    hf.save_converted(params, model_config, raw, os.path.join(cfg.workdir, "export"), side_files_from=run.processor_dir)
+    hf.save_converted(params, model_config, raw, os.path.join(cfg.workdir, "export"), side_files_from=run.processor_dir,
+                      training=training_record(cfg))
     if cfg.export_hf:
         hf.export_hf(params, model_config, raw, os.path.join(cfg.workdir, "export_hf"),
                      side_files_from=run.processor_dir)
