@@ -311,3 +311,13 @@ def test_the_synthetic_task_in_process_with_warmup_and_the_checkpoints_own_image
     assert "system" not in text and first["image_grid_thw"].tolist() in ([[1, 4, 6]], [[1, 4, 4]])
     run_file = json.load(open(tmp_path / "out" / "synthetic" / "run.json"))
     assert run_file["settings"]["commit"] == "reuse" and run_file["settings"]["min_pixels"] is None
+
+
+def test_the_cli_keeps_the_synthetic_tasks_own_image_sizes_unless_told():
+    from bard_jax.eval.__main__ import pixel_range
+    from bard_jax.eval.settings import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+    assert pixel_range(["synthetic"], None, None) == (None, None)  # the checkpoint's own processor settings
+    assert pixel_range(["synthetic"], 4096, None) == (4096, None)
+    assert pixel_range(["mme"], None, None) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)  # the release's range
+    assert pixel_range(["mme", "synthetic"], None, 1 << 20) == (DEFAULT_MIN_PIXELS, 1 << 20)

@@ -75,6 +75,14 @@ def task_names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def pixel_range(names: list[str], min_pixels: int | None, max_pixels: int | None) -> tuple[int | None, int | None]:
+    """The image pixel range of a run: the given bounds, else the release's, except for the synthetic task alone,
+    whose models train at its own small image sizes (None: the checkpoint's processor settings)."""
+    if set(names) == {"synthetic"}:
+        return min_pixels, max_pixels
+    return min_pixels or S.DEFAULT_MIN_PIXELS, max_pixels or S.DEFAULT_MAX_PIXELS
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.command == "score":
@@ -90,10 +98,7 @@ def main(argv: list[str]) -> int:
     names = task_names(args.tasks)
     if not names:
         raise EvalError(f"--tasks {args.tasks!r} names no task")
-    # The synthetic task's models train at its own small image sizes: the release's pixel range would upscale them.
-    own_sizes = set(names) == {"synthetic"}
-    min_pixels = args.min_pixels if args.min_pixels or own_sizes else S.DEFAULT_MIN_PIXELS
-    max_pixels = args.max_pixels if args.max_pixels or own_sizes else S.DEFAULT_MAX_PIXELS
+    min_pixels, max_pixels = pixel_range(names, args.min_pixels, args.max_pixels)
     settings = S.RunSettings(
         model=args.model, decoder=args.decoder, block_size=args.block_size, denoising_steps=args.steps,
         strategy=args.strategy, confidence_threshold=args.threshold, max_new_tokens=args.max_new_tokens,
