@@ -201,6 +201,22 @@ class Reference(NamedTuple):
     draws: dict  # summed `reference_choice` info over every step
 
 
+def reference_transfer(x, tok, conf, quota: int, cfg):
+    """One step's unmasking of block `x` [b] in plain numpy: the `quota` most confident masked positions (ties: the
+    lower index), or with the dynamic strategy every masked position above the threshold when there are at least
+    `quota` of them."""
+    masked = x == cfg.mask_token_id
+    k = min(quota, int(masked.sum()))
+    order = sorted(np.nonzero(masked)[0], key=lambda i: (-conf[i], i))
+    transfer = np.zeros(len(x), bool)
+    transfer[order[:k]] = True
+    if cfg.strategy == "low_confidence_dynamic":
+        confident = masked & (conf > cfg.confidence_threshold)
+        if confident.sum() >= quota:
+            transfer = confident
+    return np.where(transfer, tok, x)
+
+
 def reference_generate(model, prompt, cfg: bj.SamplingConfig, *, pixel_values=None, image_grid_thw=None,
                        pixel_values_videos=None, video_grid_thw=None, rng=None) -> Reference:
     """The spec's algorithm for one prompt (a list of ids), one full forward per denoising step. Vision in the
@@ -210,6 +226,9 @@ def reference_generate(model, prompt, cfg: bj.SamplingConfig, *, pixel_values=No
     denoising forward; `sub` draws the block's noise. commit="forward": later blocks see a finished block's final
     tokens; commit="reuse": the tokens it had at the input of its last denoising forward (the cache keeps that
     forward's K/V; with block-causal attention a full forward of those ids recomputes exactly them).
+
+    cfg.shift_labels: block position i reads the logits at context position len(context) + i - 1 (position 0: the
+    last context token's, which with commit="reuse" is the input of the previous block's last denoising forward).
     """
     b, s = cfg.block_size, cfg.denoising_steps
     base, extra = divmod(b, s)
@@ -227,21 +246,14 @@ def reference_generate(model, prompt, cfg: bj.SamplingConfig, *, pixel_values=No
                 break
             steps += 1
             key, sub = jax.random.split(key)
+            first = len(context) - (1 if cfg.shift_labels else 0)
             logits = full_forward_logits(model, context + list(x), len(prompt), b, image_grid_thw, pixel_values,
-                                         video_grid_thw, pixel_values_videos)[len(context):len(context) + b]
+                                         video_grid_thw, pixel_values_videos)[first:first + b]
             tok, conf, info = reference_choice(logits, cfg, sub)
             for name, n in info.items():
                 draws[name] = draws.get(name, 0) + n
-            k = min(quota[step], int(masked.sum()))
-            order = sorted(np.nonzero(masked)[0], key=lambda i: (-conf[i], i))
-            transfer = np.zeros(b, bool)
-            transfer[order[:k]] = True
-            if cfg.strategy == "low_confidence_dynamic":
-                confident = masked & (conf > cfg.confidence_threshold)
-                if confident.sum() >= quota[step]:
-                    transfer = confident
             last_input = x
-            x = np.where(transfer, tok, x)
+            x = reference_transfer(x, tok, conf, quota[step], cfg)
         counts.append(steps)
         out += list(x)
         if (x == cfg.eos_token_id).any():

@@ -179,10 +179,10 @@ def test_a_killed_generation_is_never_used(tmp_path, monkeypatch):
     out = str(tmp_path / "data")
     real = synthetic.write_split
 
-    def dies_in_eval(out_dir, name, n, rng, start):
+    def dies_in_eval(out_dir, name, n, rng, start, task=None):
         if name == "eval":
             raise KeyboardInterrupt  # killed after the training split was written
-        real(out_dir, name, n, rng, start)
+        real(out_dir, name, n, rng, start, task)
 
     monkeypatch.setattr(synthetic, "write_split", dies_in_eval)
     with pytest.raises(KeyboardInterrupt):
@@ -215,7 +215,7 @@ def test_partial_output_and_leftover_folders_of_a_killed_run_are_replaced(tmp_pa
     live.mkdir()
     elsewhere.mkdir()
     cfg = types.SimpleNamespace(workdir=str(tmp_path / "run"), data=types.SimpleNamespace(
-        synthetic_dir=str(out), synthetic_n=10, synthetic_eval_n=2, synthetic_seed=0))
+        synthetic_dir=str(out), synthetic_n=10, synthetic_eval_n=2, synthetic_seed=0, synthetic_task="digits"))
     assert _synthetic_dir(cfg) == str(out)
     err = capfd.readouterr().err
     assert f"synthetic data at {out} has no settings.json" in err and "regenerating" in err, err

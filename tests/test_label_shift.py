@@ -11,7 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers_sampler import EOS, MASK, full_forward_logits, reference_choice, reference_generate, sharp_model
+from helpers_sampler import (
+    EOS,
+    MASK,
+    full_forward_logits,
+    reference_generate,
+    sharp_model,
+)
 
 import bard_jax as bj
 from bard_jax import hf
@@ -124,48 +130,6 @@ def test_export_marker_records_the_training_and_still_loads(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ decoding
-def shifted_reference(model, prompt, cfg: bj.SamplingConfig, rng=None):
-    """`reference_generate` with the shift: one full forward of [context | block] per step; block position i reads
-    the logits at context position len(context) + i - 1. commit="forward": later blocks see a finished block's
-    final tokens (so its last token's logits are those of the commit forward); "reuse": the input of its last
-    denoising forward (that forward's K/V and last-position logits)."""
-    b, s = cfg.block_size, cfg.denoising_steps
-    base, extra = divmod(b, s)
-    quota = [base + (1 if i < extra else 0) for i in range(s)]
-    key = jax.random.key(0) if rng is None else rng
-    context, out, counts = list(prompt), [], []
-    for _ in range(cfg.num_blocks):
-        x = np.full(b, cfg.mask_token_id)
-        last_input = x
-        steps = 0
-        for step in range(s):
-            masked = x == cfg.mask_token_id
-            if not masked.any():
-                break
-            steps += 1
-            key, sub = jax.random.split(key)
-            full = full_forward_logits(model, context + list(x), len(prompt), b)
-            logits = full[len(context) - 1:len(context) + b - 1]
-            tok, conf, _ = reference_choice(logits, cfg, sub)
-            k = min(quota[step], int(masked.sum()))
-            order = sorted(np.nonzero(masked)[0], key=lambda i: (-conf[i], i))
-            transfer = np.zeros(b, bool)
-            transfer[order[:k]] = True
-            if cfg.strategy == "low_confidence_dynamic":
-                confident = masked & (conf > cfg.confidence_threshold)
-                if confident.sum() >= quota[step]:
-                    transfer = confident
-            last_input = x
-            x = np.where(transfer, tok, x)
-        counts.append(steps)
-        out += list(x)
-        if (x == cfg.eos_token_id).any():
-            break
-        context += list(last_input if cfg.commit == "reuse" else x)
-    n = cfg.num_blocks * b
-    return np.array(out + [cfg.mask_token_id] * (n - len(out))), np.array(counts + [0] * (cfg.num_blocks - len(counts)))
-
-
 CASES = [
     # (strategy, steps, threshold, commit, sampled)
     ("low_confidence_static", 4, 0.9, "forward", False),  # one token per step, greedy
@@ -186,7 +150,8 @@ def test_shifted_sampler_equals_the_full_recompute_reference(strategy, s, tau, c
                             shift_labels=True, **other)
     key = jax.random.key(5)
     out = bj.generate(model, np.array([prompt]), cfg, rng=key)
-    tokens, counts = shifted_reference(model, prompt, cfg, rng=key)
+    ref = reference_generate(model, prompt, cfg, rng=key)
+    tokens, counts = ref.tokens, ref.counts
     np.testing.assert_array_equal(np.asarray(out.tokens[0]), tokens)
     np.testing.assert_array_equal(out.stats["block_step_counts"][0], counts)
     assert (tokens != EOS).all()

@@ -16,13 +16,18 @@ MODEL_KEYS = {"name", "block_size", "swd", "strategy", "denoising_steps", "thres
               "token_accuracy", "tokens_per_forward", "tokens_per_second", "nfe"}
 
 
-def test_smoke_run_trains_every_stage_and_writes_the_results(tmp_path):
-    """The whole study in miniature, main chain then ablations (a few steps each; about 3 minutes on 2 cores)."""
-    env = {**os.environ, "XLA_FLAGS": ""}
-    w = tmp_path / "w"
-    r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--workdir", str(w)],
-                       capture_output=True, text=True, cwd=REPO, env=env)
+def smoke(workdir, *flags):
+    r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--workdir", str(workdir), *flags],
+                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
     assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def test_smoke_run_trains_every_stage_and_writes_the_results(tmp_path):
+    """The main chain in miniature: every stage a few steps, every evaluation part on 12 questions (about 3 minutes
+    on 2 cores)."""
+    w = tmp_path / "w"
+    smoke(w)
     out = w / "results"
     results = json.load(open(out / "minibard.json"))
     assert results["task"] == "attributes"
@@ -47,11 +52,15 @@ def test_smoke_run_trains_every_stage_and_writes_the_results(tmp_path):
     assert "| swd_b32 |" in open(out / "minibard.md").read()
     for png in ("minibard_accuracy_vs_tpf.png", "minibard_losses.png"):
         assert (out / png).stat().st_size > 1000
-    # The ablations reuse the main stages (not trained again) and compare each with its main stage.
-    r = subprocess.run([sys.executable, "-m", "bard_jax.minibard", "--smoke", "--ablations", "--workdir", str(w)],
-                       capture_output=True, text=True, cwd=REPO, env=env)
-    assert r.returncode == 0, r.stderr[-4000:]
+
+
+@pytest.mark.slow  # the main chain's smoke run, then the ablations': about 5 minutes on 2 cores
+def test_smoke_ablations_reuse_the_main_stages_and_compare_each_with_its_main_stage(tmp_path):
+    w = tmp_path / "w"
+    smoke(w)
+    r = smoke(w, "--ablations")
     assert r.stdout.count("already trained, skipped") == 8
+    out = w / "results"
     ablations = json.load(open(out / "minibard_ablations.json"))
     pairs = {(p["a"], p["b"]) for p in ablations["paired"]}
     assert pairs == {("pbm_b32", "direct_b32"), ("swd_b32", "swd_b32_ar_teacher"), ("pbm_b4", "pbm_b4_mix"),

@@ -133,7 +133,7 @@ def test_generated_folder_records_the_task_and_a_new_task_regenerates(tmp_path):
     task = json.load(open(os.path.join(out, "tokenizer", "task.json")))
     assert task["question_types"] == list(A.QTYPES)
     assert why_not_reusable(out, 6, 0, 2, "attributes") is None
-    assert "task=attributes" in why_not_reusable(out, 6, 0, 2, "digits")
+    assert "task=attributes, not the requested" in why_not_reusable(out, 6, 0, 2, "digits")
     from bard_jax.data import Processor
 
     proc = Processor.from_pretrained(os.path.join(out, "tokenizer"))

@@ -66,15 +66,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def draw_digit(d: ImageDraw.ImageDraw, x: int, y: int, digit: int, w: int = 8, h: int = 13, t: int = 2) -> None:
-    """A white seven-segment `digit` whose top-left corner is (x, y)."""
+def draw_digit(d: ImageDraw.ImageDraw, x: int, y: int, digit: int, w: int = 8, h: int = 13, t: int = 2,
+               color: tuple[int, int, int] = (255, 255, 255)) -> None:
+    """A seven-segment `digit` (white unless told) whose top-left corner is (x, y)."""
     mid = y + (h - t) // 2
     boxes = {"a": (x, y, x + w, y + t), "g": (x, mid, x + w, mid + t), "d": (x, y + h - t, x + w, y + h),
              "f": (x, y, x + t, mid + t), "b": (x + w - t, y, x + w, mid + t), "e": (x, mid, x + t, y + h),
              "c": (x + w - t, mid, x + w, y + h)}
     for seg in SEGMENTS[digit]:
         x0, y0, x1, y1 = boxes[seg]
-        d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255))
+        d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=color)
 
 
 def digit_corner(shape: str, x0: int, y0: int) -> tuple[int, int]:
@@ -246,7 +247,7 @@ def settings_of(n: int, seed: int, n_eval: int, task: str = DEFAULT_TASK) -> dic
 
 
 def _describe(settings: dict) -> str:
-    return ", ".join(f"{k}={settings.get(k)}" for k in ("task", "n", "n_eval", "seed", "format"))
+    return ", ".join(f"{k}={settings.get(k)}" for k in ("n", "n_eval", "seed", "format", "task"))
 
 
 def read_settings(path: str) -> dict | None:

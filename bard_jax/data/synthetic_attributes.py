@@ -85,25 +85,10 @@ def draw_scene(rng: np.random.Generator, hard: bool = False) -> tuple[Image.Imag
         if hard and o["size"] == "big":
             o["number"] = int(rng.integers(0, 10))
             x, y = digit_corner(o["shape"], c * CELL + 3, r * CELL + 3)
-            if o["fill"] == "solid":
-                draw_digit(d, x, y, o["number"])
-            else:  # a dark digit inside the outline
-                _dark_digit(d, x, y, o["number"])
+            # White on a solid shape, dark inside an outline.
+            draw_digit(d, x, y, o["number"], color=(255, 255, 255) if o["fill"] == "solid" else (30, 30, 30))
         objects.append(o)
     return img, objects
-
-
-def _dark_digit(d: ImageDraw.ImageDraw, x: int, y: int, digit: int) -> None:
-    from bard_jax.data.synthetic import SEGMENTS
-
-    w, h, t = 8, 13, 2
-    mid = y + (h - t) // 2
-    boxes = {"a": (x, y, x + w, y + t), "g": (x, mid, x + w, mid + t), "d": (x, y + h - t, x + w, y + h),
-             "f": (x, y, x + t, mid + t), "b": (x + w - t, y, x + w, mid + t), "e": (x, mid, x + t, y + h),
-             "c": (x + w - t, mid, x + w, y + h)}
-    for seg in SEGMENTS[digit]:
-        x0, y0, x1, y1 = boxes[seg]
-        d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(30, 30, 30))
 
 
 def describe(o: dict) -> str:
