@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bard_jax.data.synthetic import digit_corner, draw_digit  # the seven-segment glyphs of the digits task
+
 SHAPES = ("circle", "square", "triangle", "diamond")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
@@ -69,8 +71,6 @@ def _draw_object(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], shape: 
 def draw_scene(rng: np.random.Generator, hard: bool = False) -> tuple[Image.Image, list[dict]]:
     """A scene and its objects in reading order (each: shape, color, size, fill, row, col, and in the hard mode
     `number`, a digit on big objects or None)."""
-    from bard_jax.data.synthetic import digit_corner, draw_digit  # the seven-segment glyphs of the digits task
-
     cols = int(rng.choice([2, 3]))
     img = Image.new("RGB", (cols * CELL, 2 * CELL), BACKGROUND)
     d = ImageDraw.Draw(img)
@@ -121,7 +121,7 @@ def make_question(rng: np.random.Generator, objects: list[dict], hard: bool = Fa
     if qtype == "list":
         return qtype, "list the objects in reading order .", "[ " + " , ".join(entry(o) for o in objects) + " ]"
     if qtype == "columns":
-        order = sorted(objects, key=lambda o: (o["col"] != "left", o["col"] == "right", o["row"] != "top"))
+        order = sorted(objects, key=lambda o: (COLS[3].index(o["col"]), ROWS.index(o["row"])))
         return qtype, "list the objects column by column .", "[ " + " , ".join(entry(o) for o in order) + " ]"
     if qtype == "count":
         kind = str(rng.choice(["color", "shape", "size", "fill"]))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
+
+import numpy as np
 
 EQUAL_ACCURACY_POINTS = 2.0  # "at equal accuracy": within this many points of the AR source (the B32 target's margin)
 
@@ -66,8 +69,6 @@ def headline(results: dict[str, Any], reference: dict[str, Any]) -> dict[str, An
 def sign_test_p(a_only: int, b_only: int) -> float:
     """Exact two-sided p-value of `a_only` vs `b_only` discordant questions under a fair coin (McNemar's exact
     test): only the questions one model gets right and the other wrong decide their difference."""
-    import math
-
     n = a_only + b_only
     if n == 0:
         return 1.0
@@ -78,8 +79,6 @@ def sign_test_p(a_only: int, b_only: int) -> float:
 def paired_table(exact: dict, pairs: list) -> list[dict[str, Any]]:
     """Paired comparisons of per-question exact match: for each (A, B) and each of all / short / long questions,
     B - A in points, the discordant counts and the exact sign test's p. Keys are (name, setting index)."""
-    import numpy as np
-
     rows = []
     for a, b in pairs:
         for subset in ("all", "short", "long"):
