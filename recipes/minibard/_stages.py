@@ -41,7 +41,7 @@ def optim(peak: float, warmup: int, floor: float) -> OptimizerConfig:
 
 # Stage lengths (optimizer updates). B4 bridges AR to diffusion and gets the most; each merge after it starts from
 # a model that already denoises; the SWD students start from the PBM stage of their block size.
-STEPS = {"ar": 4000, "pbm_b4": 800, "pbm_b8": 300, "pbm_b16": 300, "pbm_b32": 300, "swd": 300}
+STEPS = {"ar": 8000, "pbm_b4": 800, "pbm_b8": 300, "pbm_b16": 300, "pbm_b32": 300, "swd": 300}
 # Each stage's data seed (data order and diffusion noise); bard_jax.minibard.stages holds the same numbers.
 SEEDS = {"ar": 0, "pbm_b4": 1, "pbm_b8": 2, "pbm_b16": 3, "pbm_b32": 4, "swd_b8": 5, "swd_b16": 6, "swd_b32": 7}
 
