@@ -203,3 +203,16 @@ def test_paired_sign_test_p_values():
     assert paired.sign_test_p(0, 5) == pytest.approx(2 / 32)  # five of five discordant one way: 2 * 0.5^5
     assert paired.sign_test_p(9, 1) == pytest.approx(2 * 11 / 1024)  # 2 * (C(10,0) + C(10,1)) / 2^10
     assert paired.sign_test_p(3, 3) == 1.0 and paired.sign_test_p(0, 0) == 1.0
+
+
+def test_ablations_flag_runs_all_or_the_named_ones_in_their_order(capsys):
+    from bard_jax.minibard.__main__ import chosen_ablations, parse_args
+
+    assert chosen_ablations(parse_args([])) == []
+    everything = [s.name for s in chosen_ablations(parse_args(["--ablations"]))]
+    assert everything == ["direct_b32", "swd_b32_ar_teacher", "pbm_b4_mix", "pbm_b4_shift"]
+    some = chosen_ablations(parse_args(["--ablations", "pbm_b4_shift,swd_b32_ar_teacher"]))
+    assert [s.name for s in some] == ["swd_b32_ar_teacher", "pbm_b4_shift"]
+    with pytest.raises(SystemExit):
+        parse_args(["--ablations", "pbm_b4_mix,progressive"])
+    assert "unknown ablation(s) ['progressive']; known: direct_b32" in capsys.readouterr().err

@@ -87,10 +87,10 @@ def load_eval_sets(data_dir: str, out_dir: str, limit: int = 0) -> dict[str, Eva
     return out
 
 
-def decode_sets(model: bj.Model, sets: dict[str, EvalSet], settings: RunSettings, name: str,
-                batch: int) -> dict[str, list[dict[str, Any]]]:
+def decode_sets(model: bj.Model, sets: dict[str, EvalSet], settings: RunSettings, name: str, batch: int,
+                warmup: bool = True) -> dict[str, list[dict[str, Any]]]:
     """`decode_all` on each set (an empty set gives no samples)."""
-    return {k: decode_all(model, ev, settings, name, batch) if ev.size else [] for k, ev in sets.items()}
+    return {k: decode_all(model, ev, settings, name, batch, warmup) if ev.size else [] for k, ev in sets.items()}
 
 
 def set_metrics(by_length: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -123,12 +123,14 @@ def diffusion_settings(model_dir: str, cfg: bj.SamplingConfig) -> RunSettings:
                        shift_labels=cfg.shift_labels)
 
 
-def decode_all(model: bj.Model, ev: EvalSet, settings: RunSettings, name: str, batch: int) -> list[dict[str, Any]]:
+def decode_all(model: bj.Model, ev: EvalSet, settings: RunSettings, name: str, batch: int,
+               warmup: bool = True) -> list[dict[str, Any]]:
     """Every held-out question decoded under `settings` by the runner (into OUT_DIR/<name>); the samples, in
-    question order (the same for every model, so two models' samples pair question by question)."""
+    question order (the same for every model, so two models' samples pair question by question). `warmup=False`
+    (a smoke run) decodes each batch once, its compilation inside the timed call."""
     out = os.path.join(ev.out_dir, name)
     run(settings, ev.data_dir, [TASK], out, batch_size=batch, limit=ev.limit, model=model,
-        processor=ev.processor, warmup=True)
+        processor=ev.processor, warmup=warmup)
     return sorted(read_samples(os.path.join(out, TASK, SAMPLES_FILE)), key=lambda line: line["doc_id"])
 
 
