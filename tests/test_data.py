@@ -345,6 +345,12 @@ def test_video_token_ids_match_transformers_processor(synthetic):
     from transformers.feature_extraction_utils import BatchFeature
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_video_resize
     from transformers.video_utils import VideoMetadata
+    import transformers
+    from packaging.version import Version
+
+    if Version("5.0") <= Version(transformers.__version__) < Version("5.25"):
+        pytest.skip(f"transformers {transformers.__version__} wraps a video's frames twice (it keeps the template's "
+                    f"vision start/end around them); 4.57, the release's, and 5.25 do not")
 
     proc = Processor.from_pretrained(synthetic)
     s, hv = proc.settings, hf_video_processor(proc)

@@ -144,9 +144,12 @@ class Processor:
         return images, videos
 
     def _expand_videos(self, text: str, grids: np.ndarray, times: list[list[float]]) -> str:
-        """Each video pad -> per temporal patch `<t seconds><|vision_start|>pads<|vision_end|>` (the template's
-        own vision start/end stay around the whole video, as in transformers)."""
-        pieces = text.split("<|video_pad|>")
+        """Each video -> per temporal patch `<t seconds><|vision_start|>pads<|vision_end|>`. The chat template wraps
+        the video pad in its own vision start/end; the expansion replaces the wrapper with it, so that the frames are
+        not wrapped twice (as transformers 4.57, the release's, does, and 5.25; some 5.x releases before it, 5.24
+        among them, kept the wrapper). A bare pad (no wrapper) is expanded in place."""
+        wrapper = "<|vision_start|><|video_pad|><|vision_end|>"
+        pieces = text.replace(wrapper, "<|video_pad|>").split("<|video_pad|>")
         if len(pieces) - 1 != len(grids):
             raise DataError(f"{len(pieces) - 1} video placeholders for {len(grids)} videos")
         unit = self.settings.merge_size**2
