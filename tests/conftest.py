@@ -18,8 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # The same programs are compiled again and again: by tests that build the same tiny model, by both xdist workers, and
 # by the CLI subprocesses (a training run, an export, an eval), each a fresh process. One persistent compilation
-# cache for all of them compiles each program once per suite run. Its keys hold the program, the jax version and
-# the XLA flags, so a stale entry is never used; it lives in .pytest_cache (delete it at will).
+# cache for all of them compiles each program that takes 0.2 s or more to compile once per suite run. Its keys hold
+# the program, the jax version and the XLA flags, so a stale entry is never used; it lives in .pytest_cache (delete
+# it at will).
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")

@@ -342,11 +342,11 @@ def test_video_frames_match_transformers_sampling_resize_layout_and_times(synthe
 def test_video_token_ids_match_transformers_processor(synthetic):
     """transformers' processor expands the video placeholder from the grid and frame metadata its own video
     processor would produce (sampling and resize rule computed by transformers; pixels not compared here)."""
+    import transformers
+    from packaging.version import Version
     from transformers.feature_extraction_utils import BatchFeature
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_video_resize
     from transformers.video_utils import VideoMetadata
-    import transformers
-    from packaging.version import Version
 
     if Version("5.0") <= Version(transformers.__version__) < Version("5.25"):
         pytest.skip(f"transformers {transformers.__version__} wraps a video's frames twice (it keeps the template's "

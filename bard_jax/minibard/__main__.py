@@ -1,5 +1,5 @@
-"""`python -m bard_jax.minibard [--workdir DIR] [--results DIR] [--task T] [--seed S] [--ablations [NAMES]] [--smoke]`: the
-BARD method in miniature.
+"""`python -m bard_jax.minibard [--workdir DIR] [--results DIR] [--task T] [--seed S] [--ablations [NAMES]]
+[--smoke]`: the BARD method in miniature.
 
 Without --ablations (the main chain):
 1. generates the synthetic task (train and held-out eval scenes; `--task`, default `attributes`) into WORKDIR/data;
@@ -72,7 +72,7 @@ def parse_args(argv):
         unknown = sorted(set(names) - set(known))
         if unknown or not names:
             p.error(f"--ablations: unknown ablation(s) {unknown or names}; known: {', '.join(known)}")
-        args.ablation_names = names
+        args.ablations = names  # the chosen names (None without --ablations)
     return args
 
 
@@ -80,9 +80,7 @@ def chosen_ablations(args) -> list:
     """The ablation stages `--ablations` names, in their standard order ([] without --ablations)."""
     from bard_jax.minibard import stages
 
-    if args.ablations is None:
-        return []
-    return [s for s in stages.ablations() if s.name in args.ablation_names]
+    return [s for s in stages.ablations() if s.name in (args.ablations or ())]
 
 
 def seed_overrides(seed: int, stage=None) -> tuple[str, ...]:
@@ -226,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablations:
         pairs = [(reference_key(ab.compare_with), reference_key(ab.name)) for ab in chosen_ablations(args)]
         results["paired"] = report.paired_table(exact, pairs)
-        results["ablations"] = args.ablation_names
+        results["ablations"] = args.ablations
         name = "minibard_ablations"
     else:
         results["headline"] = report.headline(results, REFERENCE)
