@@ -216,3 +216,14 @@ def test_ablations_flag_runs_all_or_the_named_ones_in_their_order(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--ablations", "pbm_b4_mix,progressive"])
     assert "unknown ablation(s) ['progressive']; known: direct_b32" in capsys.readouterr().err
+
+
+def test_fast_cpu_compiles_leave_xla_flags_alone_when_xla_refuses_the_flag(monkeypatch):
+    """XLA aborts on a flag it does not know: the smoke run tries its compile-speed flag in a child process and keeps
+    the environment as it was when the child fails."""
+    from bard_jax.minibard import __main__ as runner
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    monkeypatch.setattr(runner, "LEGACY_CPU_EMITTERS", "--xla_no_such_flag_in_any_jaxlib=true")
+    assert runner.use_fast_cpu_compiles() is False
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
