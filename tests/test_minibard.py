@@ -221,9 +221,9 @@ def test_ablations_flag_runs_all_or_the_named_ones_in_their_order(capsys):
 def test_fast_cpu_compiles_leave_xla_flags_alone_when_xla_refuses_the_flag(monkeypatch):
     """XLA aborts on a flag it does not know: the smoke run tries its compile-speed flag in a child process and keeps
     the environment as it was when the child fails."""
-    from bard_jax.minibard import __main__ as runner
+    from bard_jax import cpu_compile
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    monkeypatch.setattr(runner, "LEGACY_CPU_EMITTERS", "--xla_no_such_flag_in_any_jaxlib=true")
-    assert runner.use_fast_cpu_compiles() is False
+    monkeypatch.setattr(cpu_compile, "LEGACY_CPU_EMITTERS", "--xla_no_such_flag_in_any_jaxlib=true")
+    assert cpu_compile.use_fast_cpu_compiles() is False
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"

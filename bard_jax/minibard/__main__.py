@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 
@@ -41,10 +40,6 @@ SMOKE_TRAIN = ("--recipe.steps=2", "--recipe.log_every=1", "--recipe.data.synthe
                "--recipe.data.micro_batch_size=4", "--recipe.data.length_buckets=256",
                "--recipe.data.response_buckets=64", "--recipe.ckpt_every=100")  # one batch shape: one compile
 SEED_STRIDE = 100  # --seed S moves stage k's data seed from k to k + 100 S
-# XLA's CPU fusion emitters (the default since jaxlib 0.5) take about twice as long to compile this model's train
-# step as the older loop emitters they replaced (11.4 s -> 4.8 s, both with most optimizations off); jaxlib 0.12
-# no longer has the switch.
-LEGACY_CPU_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def parse_args(argv):
@@ -137,21 +132,11 @@ def is_reference(m: dict) -> bool:
     return all(m.get(k) == v for k, v in REFERENCE.items())
 
 
-def use_fast_cpu_compiles() -> bool:
-    """Switch XLA to the CPU emitters that compile fastest, where this jaxlib still has them (a smoke run: a dozen
-    programs each run for a few steps). XLA_FLAGS is read when the backend starts, so this must run before anything
-    touches a device; the flag is tried in a child process first because XLA aborts on a flag it does not know."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {LEGACY_CPU_EMITTERS}".strip()
-    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"], capture_output=True,
-                           env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"})
-    if probe.returncode == 0:
-        os.environ["XLA_FLAGS"] = flags
-    return probe.returncode == 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.smoke and LEGACY_CPU_EMITTERS not in os.environ.get("XLA_FLAGS", ""):
+    if args.smoke:  # a dozen programs, each run for a few steps: compile time is the whole cost
+        from bard_jax.cpu_compile import use_fast_cpu_compiles
+
         use_fast_cpu_compiles()
     import jax
 
