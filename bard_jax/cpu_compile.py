@@ -1,9 +1,9 @@
 """Faster XLA compiles on CPU for runs made of many short-lived programs (the test suite, `minibard --smoke`).
 
-XLA's CPU fusion emitters (the default since jaxlib 0.5) take about twice as long to compile this project's programs
-as the older loop emitters they replaced: the Mini-BARD train step compiles in 11.4 s with them and 4.8 s without,
-both with most optimizations off. jaxlib 0.12 no longer has the switch, and XLA aborts the process on a flag it does
-not know, so the flag is tried in a child process before it is set.
+XLA's CPU fusion emitters (its default code generator for fused loops) take about twice as long to compile this
+project's programs as the older loop emitters they replaced: the Mini-BARD train step compiles in 11.4 s with them
+and 4.8 s without, both with most optimizations off. jaxlib 0.12 no longer has the switch, and XLA aborts the process
+on a flag it does not know, so the flag is tried in a child process before it is set.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # cache for all of them compiles each program that takes 0.2 s or more to compile once per suite run. Its keys hold
 # the program, the jax version and the XLA flags, so a stale entry is never used; it lives in .pytest_cache (delete
 # it at will).
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # XLA's older CPU loop emitters compile about twice as fast as its default fusion emitters (bard_jax/cpu_compile.py):
 # the suite took 8:52 with them against 11:22 without (cold cache, 2 cores). jaxlib 0.10 has them, 0.12 no longer;
 # there the suite runs on the default emitters. Subprocesses inherit the flag. Set BARD_JAX_TEST_FUSION_EMITTERS=1 to
@@ -29,9 +32,6 @@ if os.environ.get("BARD_JAX_TEST_FUSION_EMITTERS", "0") != "1":
     from bard_jax.cpu_compile import use_fast_cpu_compiles  # noqa: E402
 
     use_fast_cpu_compiles()
-_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 

@@ -219,8 +219,8 @@ def test_ablations_flag_runs_all_or_the_named_ones_in_their_order(capsys):
 
 
 def test_fast_cpu_compiles_leave_xla_flags_alone_when_xla_refuses_the_flag(monkeypatch):
-    """XLA aborts on a flag it does not know: the smoke run tries its compile-speed flag in a child process and keeps
-    the environment as it was when the child fails."""
+    """XLA aborts on a flag it does not know: the compile-speed flag (used by the smoke run and the test suite) is
+    tried in a child process, and the environment stays as it was when the child fails."""
     from bard_jax import cpu_compile
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
