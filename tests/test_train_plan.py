@@ -26,7 +26,7 @@ from bard_jax.sharding import check_mesh_divides, make_mesh
 from bard_jax.train import setup
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
 from bard_jax.train.config import DataSection, MeshSection, ModelSection, ObjectiveSection, TrainConfig
-from bard_jax.train.dry_run import DoesNotFitError, MemoryPlan, detected_device_memory, parse_bytes
+from bard_jax.train.dry_run import MemoryPlan, detected_device_memory, parse_bytes
 from bard_jax.train.loop import main, non_finite_message
 from bard_jax.train.metrics import MetricsWriter, NonFiniteStep, PendingSteps
 from bard_jax.train.optimizer import GroupSchedule, OptimizerConfig
@@ -248,12 +248,10 @@ def test_memory_verdict_names_the_largest_parts():
                                                 "outputs not in donated buffers": 2**30})
     assert plan.total == 81 * 2**30
     assert "fits in 90.00 GiB per device (b), 9.00 GiB to spare" in plan.report(90 * 2**30, "b")
-    plan.check(90 * 2**30, "b")
-    plan.check(None, "none")
-    with pytest.raises(DoesNotFitError) as e:
-        plan.check(80 * 10**9, "--device-memory 80GB")
-    assert str(e.value) == ("r does NOT fit in 74.51 GiB per device (--device-memory 80GB): it needs 81.00 GiB; "
-                            "largest parts: temporaries 70.00 GiB, optimizer state 6.00 GiB, params 3.00 GiB")
+    assert plan.fits(90 * 2**30) and plan.fits(None) and not plan.fits(80 * 10**9)
+    assert plan.verdict(80 * 10**9, "--device-memory 80GB") == (
+        "does NOT fit in 74.51 GiB per device (--device-memory 80GB): it needs 81.00 GiB; largest parts: "
+        "temporaries 70.00 GiB, optimizer state 6.00 GiB, params 3.00 GiB")
 
 
 SMALL = ("--recipe.data.global_batch_size", "8", "--recipe.data.micro_batch_size", "8",
@@ -278,7 +276,8 @@ def test_dry_run_compiles_the_loop_step_and_refuses_a_budget_it_exceeds(capsys, 
 
 @pytest.mark.parametrize("extra, message", [
     (("--dry-run", "--recipe.mesh.data", "2", "--recipe.mesh.tensor", "4"),
-     "the mesh's tensor axis (4) does not divide the text key/value heads (2), vision heads (2)"),
+     "mesh.tensor 4 does not divide the text key/value heads (2), vision heads (2): attention is split over the "
+     "tensor axis by whole heads; use mesh.tensor in [1, 2]"),
     (("--dry-run", "--device-memory", "lots"), "--device-memory 'lots': expected a size such as 80GB"),
     (("--device-memory", "80GB"), "--device-memory plans a --dry-run"),
 ])

@@ -224,13 +224,15 @@ def test_stream_resumes_the_same_video_batches(video_data):
 
 
 def test_the_step_plan_holds_video_batches_split_over_the_batch_axes(video_data, tiny):
-    """The batch schema (what the dry run compiles) has the video keys at the stream's limits, a collated video batch
-    passes the loop's schema check, and its video arrays are split over the mesh's batch axes like pixel_values.
-    With data.max_videos 0 the schema has no video keys (and such samples are skipped)."""
+    """The batch schema (what the dry run compiles) has the video keys at the stream's limits (from the processor's
+    max_pixels: one image of 128 x 128 pixels is 64 rows), a collated video batch passes the loop's schema check, and
+    its video arrays are split over the mesh's batch axes like pixel_values. With data.max_videos 0 the schema has no
+    video keys (and such samples are skipped)."""
     c, _ = tiny
     cfg = TrainConfig(model=ModelSection(preset="tiny"), data=DataSection(
-        global_batch_size=4, micro_batch_size=2, length_buckets=(128,), response_buckets=(64,), patch_buckets=(64,),
-        max_images=1), objective=ObjectiveSection(kind="pbm", block_size=4))
+        processor=os.path.join(video_data, "tokenizer"), global_batch_size=4, micro_batch_size=2,
+        length_buckets=(128,), response_buckets=(64,), patch_buckets=(16,), max_images=1),
+        objective=ObjectiveSection(kind="pbm", block_size=4))
     obj = setup.objective_config(cfg, c.text.vocab_size, 3, 4)
     plan = setup.plan_step(cfg, c, None, obj, make_mesh((2, 1, 1), jax.devices()[:2]))
     patch_dim = c.vision.patch_dim

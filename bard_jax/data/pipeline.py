@@ -43,6 +43,7 @@ import numpy as np
 
 from bard_jax.data.jsonl_records import JsonlRecords, ShardChanged
 from bard_jax.data.processor import DataError, Processor
+from bard_jax.data.shape_agreement import Interrupted, LocalShapes, ShapeAgreement
 from bard_jax.diffusion.layout import LayoutError, collate_packed, drop_noisy_copy, pack_sample
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,14 @@ class TrainStream:
     `stop_event` (the training loop's, set on SIGTERM): once set, `next_batch()` raises `StopRequested` instead of
     going on (it checks between examples, so within about one example's time); the stream's state stays that of
     the last finished batch.
+
+    `shapes` (default: this host alone): how the hosts of a multi-process run agree on each batch's shapes before
+    collating it (`shape_agreement.py`), so that every host's slice has the same buckets and the same keys.
     """
 
     def __init__(self, records: Sequence[dict], processor: Processor, cfg: PipelineConfig, image_root: str = "",
                  skipped: collections.Counter | None = None, processor_dir: str | None = None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None, shapes: ShapeAgreement | None = None):
         if not records:
             counts = f" ({_counts(skipped)})" if skipped else ""
             raise DataError(f"the dataset has no usable samples{counts}")
@@ -181,6 +185,7 @@ class TrainStream:
         self.cfg = cfg
         self.root = image_root
         self.stop_event = stop_event
+        self.shapes = shapes or LocalShapes()
         self._interrupted = threading.Event()  # set by interrupt(): a closing Prefetcher ends a hunt in progress
         self.order = grain.MapDataset.range(len(records)).shuffle(seed=cfg.seed).repeat()
         self.batch_number = 0
@@ -219,6 +224,9 @@ class TrainStream:
         """Make a `next_batch()` running on another thread raise `StopRequested` soon (for a closing Prefetcher);
         the stream is not used afterwards."""
         self._interrupted.set()
+        waiting = getattr(self.shapes, "interrupted", None)
+        if waiting is not None:  # a wait for the other hosts' shapes ends too
+            waiting.set()
 
     def _check_stop(self) -> None:
         if self._interrupted.is_set() or (self.stop_event is not None and self.stop_event.is_set()):
@@ -379,11 +387,14 @@ class TrainStream:
         skipped_before = self.skipped.copy()
         try:
             samples = self._fill(start, local)
-        except StopRequested:
+            batch = self.collate(samples, self.batch_number)
+        except (StopRequested, Interrupted) as e:
             self.skipped = skipped_before  # this batch is redone after a resume: count its skips then
+            if isinstance(e, Interrupted):
+                raise StopRequested(str(e)) from None
             raise
         self.batch_number += 1
-        return self.collate(samples)
+        return batch
 
     def _fill(self, start: int, local: int) -> list[dict]:
         positions = list(range(start, start + local))
@@ -404,15 +415,21 @@ class TrainStream:
                     samples[empty.pop(0)] = sample
         return samples
 
-    def collate(self, samples: list[dict]) -> dict[str, np.ndarray]:
-        length = max(len(s["input_ids"]) for s in samples)
+    def collate(self, samples: list[dict], batch_number: int | None = None) -> dict[str, np.ndarray]:
+        """This host's slice of a batch at the shapes the hosts agree on for `batch_number` (see `shapes`; one
+        host: its own samples decide)."""
+        needs = (max(len(s["input_ids"]) for s in samples), max(int(s["response_len"]) for s in samples),
+                 max(len(s["pixels"]) for s in samples), max(len(s["video_pixels"]) for s in samples))
+        length, response, image_rows, video_rows = self.shapes.maxima(
+            self.batch_number if batch_number is None else batch_number, needs)
         bucket = next(b for b in self.cfg.length_buckets if b >= length)
-        r = max(int(s["response_len"]) for s in samples)
-        slots = next((b for b in self.cfg.response_buckets if b >= r), r)
+        slots = next((b for b in self.cfg.response_buckets if b >= response), response)
         slots = -(-slots // self.cfg.block_size) * self.cfg.block_size  # whole blocks
         batch = collate_packed(samples, bucket, slots)
-        batch.update(collate_images(samples, patch_buckets(self.cfg), self.cfg.max_images, self.patch_dim))
-        batch.update(collate_videos(samples, patch_buckets(self.cfg), self.cfg.max_videos, self.patch_dim))
+        batch.update(collate_images(samples, patch_buckets(self.cfg), self.cfg.max_images, self.patch_dim,
+                                    rows=image_rows))
+        batch.update(collate_videos(samples, patch_buckets(self.cfg), self.cfg.max_videos, self.patch_dim,
+                                    rows=video_rows))
         batch["example_index"] = np.asarray([s["example_index"] for s in samples], np.int64)
         return batch
 
@@ -434,13 +451,15 @@ def largest_patch_bucket(*, max_pixels: int, patch_size: int, merge_size: int, m
     return merge_size**2 * max(1, min(max_images * windows, max_length))
 
 
-def collate_images(samples: list[dict], buckets: tuple[int, ...], max_images: int, patch_dim: int
-                   ) -> dict[str, np.ndarray]:
+def collate_images(samples: list[dict], buckets: tuple[int, ...], max_images: int, patch_dim: int,
+                   rows: int | None = None) -> dict[str, np.ndarray]:
     """`pixel_values` [B, P, C] and `image_grid_thw` [B, I, 3] (I = max_images) of a batch, P the smallest of
     `buckets` holding its largest example's rows (the rest zero rows, zero grid rows); nothing at all when no
-    example has an image, so that the step runs no vision tower for a text-only batch."""
+    example has an image, so that the step runs no vision tower for a text-only batch. `rows`: the rows to hold
+    instead of the largest example's (the hosts' agreed maximum: 0 means no image arrays, more than 0 means arrays
+    even when these samples have no image)."""
     pixels, grid = _collate_kind([s["pixels"] for s in samples], [s["grid"] for s in samples], buckets, max_images,
-                                 patch_dim)
+                                 patch_dim, rows)
     return {} if pixels is None else {"pixel_values": pixels, "image_grid_thw": grid}
 
 
@@ -458,25 +477,27 @@ def check_video_limits(videos: int, rows: int, cfg: PipelineConfig) -> None:
                         f"{cfg.max_videos} / {cfg.pixel_rows} pixel rows)")
 
 
-def collate_videos(samples: list[dict], buckets: tuple[int, ...], max_videos: int, patch_dim: int
-                   ) -> dict[str, np.ndarray]:
+def collate_videos(samples: list[dict], buckets: tuple[int, ...], max_videos: int, patch_dim: int,
+                   rows: int | None = None) -> dict[str, np.ndarray]:
     """`pixel_values_videos` [B, Q, C] and `video_grid_thw` [B, J, 3] (J = max_videos), Q the smallest of `buckets`
     holding the batch's largest video rows; nothing at all when no example has a video (as `collate_images`).
 
     Row b holds its videos' rows in order (each video's temporal patches one after the other, as the processor
     gives them); `per_example_vision` packs them after row b's image rows, as the samplers do."""
     pixels, grid = _collate_kind([s["video_pixels"] for s in samples], [s["video_grid"] for s in samples], buckets,
-                                 max_videos, patch_dim)
+                                 max_videos, patch_dim, rows)
     return {} if pixels is None else {"pixel_values_videos": pixels, "video_grid_thw": grid}
 
 
 def _collate_kind(rows: list[np.ndarray], grids: list[np.ndarray], buckets: tuple[int, ...], slots: int,
-                  patch_dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+                  patch_dim: int, need: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Each example's pixel rows [n_b, C] and grids [k_b, 3] of one kind padded to [B, P, C] (P the smallest bucket
-    holding the largest n_b) and [B, slots, 3] with zeros; (None, None) when no example has one."""
-    if not any(len(g) for g in grids):
+    holding `need`, by default the largest n_b) and [B, slots, 3] with zeros; (None, None) when `need` is 0 (by
+    default: when no example has one)."""
+    if need is None:
+        need = max(len(r) for r in rows) if any(len(g) for g in grids) else 0
+    if need == 0:
         return None, None
-    need = max(len(r) for r in rows)
     size = next(b for b in buckets if b >= need)  # a sample beyond the largest bucket was skipped before
     pixels = np.zeros((len(rows), size, patch_dim), np.float32)
     grid = np.zeros((len(rows), slots, 3), np.int32)

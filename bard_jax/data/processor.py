@@ -73,19 +73,7 @@ class Processor:
             tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         except (ValueError, OSError) as e:  # transformers' message for a broken or partial tokenizer directory
             raise DataError(f"{tok_dir}: the tokenizer cannot be loaded ({str(e).splitlines()[0]})") from e
-        cfg_path = os.path.join(tok_dir, "preprocessor_config.json")
-        raw = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
-        size = raw.get("size") or {}
-        settings = ImageSettings(
-            patch_size=int(raw.get("patch_size", 16)),
-            temporal_patch_size=int(raw.get("temporal_patch_size", 2)),
-            merge_size=int(raw.get("merge_size", 2)),
-            min_pixels=int(min_pixels or raw.get("min_pixels") or size.get("shortest_edge") or 65536),
-            max_pixels=int(max_pixels or raw.get("max_pixels") or size.get("longest_edge") or 16777216),
-            image_mean=tuple(raw.get("image_mean", (0.5, 0.5, 0.5))),
-            image_std=tuple(raw.get("image_std", (0.5, 0.5, 0.5))),
-            rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
-        )
+        settings = image_settings_of_dir(tok_dir, min_pixels, max_pixels)
         video_path = os.path.join(tok_dir, "video_preprocessor_config.json")
         video_raw = json.load(open(video_path)) if os.path.isfile(video_path) else {}
         return cls(tokenizer, settings, VideoSettings.from_dict(video_raw))
@@ -211,3 +199,23 @@ class Processor:
         enc["prefix_ids"] = ids[:start]
         enc["response_ids"] = response
         return enc
+
+
+def image_settings_of_dir(directory: str, min_pixels: int | None = None, max_pixels: int | None = None
+                          ) -> ImageSettings:
+    """The image settings of a processor directory's `preprocessor_config.json` (transformers' defaults for what it
+    does not say, or when there is none); `min_pixels` / `max_pixels` override it when given."""
+    path = os.path.join(directory, "preprocessor_config.json")
+    raw = json.load(open(path)) if os.path.isfile(path) else {}
+    size = raw.get("size") or {}
+    default = ImageSettings()
+    return ImageSettings(
+        patch_size=int(raw.get("patch_size", default.patch_size)),
+        temporal_patch_size=int(raw.get("temporal_patch_size", default.temporal_patch_size)),
+        merge_size=int(raw.get("merge_size", default.merge_size)),
+        min_pixels=int(min_pixels or raw.get("min_pixels") or size.get("shortest_edge") or default.min_pixels),
+        max_pixels=int(max_pixels or raw.get("max_pixels") or size.get("longest_edge") or default.max_pixels),
+        image_mean=tuple(raw.get("image_mean", default.image_mean)),
+        image_std=tuple(raw.get("image_std", default.image_std)),
+        rescale_factor=float(raw.get("rescale_factor", default.rescale_factor)),
+    )

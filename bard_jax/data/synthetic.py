@@ -46,6 +46,9 @@ ROWS = ("top", "bottom")
 COLS = {2: ("left", "right"), 3: ("left", "middle", "right")}
 QTYPES = ("count", "color", "shape", "number", "where", "list")
 CELL = 32
+# The processor's largest image area (pixels) written with the task's tokenizer: the scenes are smaller, so they are
+# never resized down.
+IMAGE_MAX_PIXELS = 128 * 128
 # Digits are drawn as seven-segment glyphs (8 x 13 px, 2-px strokes) rather than with a font: the bitmap is the same
 # on every machine and Pillow version, and each digit is large enough for a tiny vision tower to read at 16-px patches.
 SEGMENTS = {0: "abcdef", 1: "bc", 2: "abged", 3: "abgcd", 4: "fgbc", 5: "afgcd", 6: "afgedc", 7: "abc", 8: "abcdefg",
@@ -166,7 +169,8 @@ def build_tokenizer(out_dir: str, words: list[str] = WORDS, qtypes: tuple[str, .
     with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
         json.dump({"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16, "temporal_patch_size": 2,
                    "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-                   "size": {"shortest_edge": 64 * 64, "longest_edge": 128 * 128}}, f, indent=2, sort_keys=True)
+                   "size": {"shortest_edge": 64 * 64, "longest_edge": IMAGE_MAX_PIXELS}}, f, indent=2,
+                  sort_keys=True)
     with open(os.path.join(out_dir, "video_preprocessor_config.json"), "w") as f:  # small clips for the tiny model
         json.dump({"video_processor_type": "Qwen3VLVideoProcessor", "patch_size": 16, "temporal_patch_size": 2,
                    "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "fps": 2,

@@ -45,7 +45,9 @@ class DataSection:
     synthetic_seed: int = 0
     synthetic_task: str = "digits"  # digits | attributes | attributes_hard (bard_jax.data.synthetic)
     global_batch_size: int = 8
-    micro_batch_size: int = 8  # per optimizer update: global_batch_size / micro_batch_size accumulation steps
+    # Examples per micro-batch (global_batch_size / micro_batch_size accumulation steps per update), split over the
+    # mesh's batch shards (data x fsdp); -1: one example per batch shard, whatever the device count.
+    micro_batch_size: int = 8
     length_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
     response_buckets: tuple[int, ...] = (16, 64, 256, 1024, 4096)  # supervised-slot buckets (padded response)
     patch_buckets: tuple[int, ...] = (256, 1024, 4096, 16384)
@@ -93,8 +95,14 @@ class ObjectiveSection:
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection:
-    data: int = -1
-    fsdp: int = 1
+    """Devices per mesh axis; one entry may be -1 (the devices the others leave). The default puts every device on
+    fsdp: parameters, optimizer state and the teacher are sharded over all of them and each micro-batch's examples
+    are split over them, so the memory per device falls as devices are added. `data` > 1 (data parallelism, e.g.
+    across hosts or slices) replicates the state over groups of devices and only splits the batch; `tensor` splits
+    attention heads and MLP units."""
+
+    data: int = 1
+    fsdp: int = -1
     tensor: int = 1
 
     def shape(self) -> tuple[int, int, int]:
@@ -158,8 +166,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         if not ok and key not in not_finite:
             problems.append(f"{key} = {_value_at(cfg, key)!r}: {what}")
     for key in ("steps", "log_every", "ckpt_every", "stop_check_every", "keep_checkpoints", "data.global_batch_size",
-                "data.micro_batch_size", "data.max_images", "objective.block_size"):
+                "data.max_images", "objective.block_size"):
         need(key, _value_at(cfg, key) >= 1, "must be >= 1")
+    need("data.micro_batch_size", cfg.data.micro_batch_size >= 1 or cfg.data.micro_batch_size == -1,
+         "must be >= 1, or -1 for one example per batch shard")
     for key in ("stop_at_step", "data.workers", "data.prefetch", "data.synthetic_eval_n", "data.min_pixels",
                 "data.max_pixels", "data.max_videos", "objective.seed"):
         need(key, _value_at(cfg, key) >= 0, "must be >= 0")
@@ -208,6 +218,9 @@ def check_train_config(cfg: TrainConfig) -> None:
          and m.attention_tile >= 1, "must be an int >= 1")
     for key in ("mesh.data", "mesh.fsdp", "mesh.tensor"):
         need(key, _value_at(cfg, key) >= 1 or _value_at(cfg, key) == -1, "must be >= 1, or -1 for the rest")
+    if cfg.mesh.shape().count(-1) > 1:
+        problems.append(f"mesh.data, mesh.fsdp, mesh.tensor = {cfg.mesh.shape()}: at most one may be -1 (the "
+                        f"devices the others leave)")
     if problems:
         raise RecipeError("settings that cannot run:\n  " + "\n  ".join(problems))
 

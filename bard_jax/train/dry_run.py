@@ -2,28 +2,34 @@
 
 The step is built by `setup.plan_step`, the builder the training loop uses (same objective config, batch schema,
 shardings and control inputs), and compiled for the schema's largest batch. The report gives, per device: parameters,
-optimizer state, teacher, batch, XLA's temporaries (activations), the arguments, the total, and a verdict against a
-device-memory budget (`--device-memory 80GB`; default: the detected accelerator's memory, none on CPU). A plan that
-does not fit is an error naming its largest parts. Fake CPU devices are fine for planning
-(`XLA_FLAGS=--xla_force_host_platform_device_count=N`); one compilation of the step is the whole cost.
+optimizer state, teacher, batch, XLA's temporaries (activations), the arguments, the total, a verdict against a
+device-memory budget (`--device-memory 80GB`; default: the detected accelerator's memory, none on CPU), and the
+update's model FLOPs (`flops.py`). Fake CPU devices are fine for planning
+(`XLA_FLAGS=--xla_force_host_platform_device_count=N`); one compilation of the step is the whole cost, and each
+phase is announced with the time since the start, so a wait on a real-size compile is not a silent one.
+
+A plan that does not fit is an error naming its largest parts and, when one was found, the settings that fit: the
+dry run plans other meshes, micro-batches and remat policies, cheapest in speed first (`fit_search.py`), and
+stops at the first that fits (at most `MAX_CANDIDATES` compilations). What it tried is printed, one line each.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+from jax.sharding import Mesh
 
+from bard_jax import cli
 from bard_jax.errors import InputError
-from bard_jax.sharding import check_mesh_divides
 from bard_jax.train import setup
 from bard_jax.train.config import TrainConfig
+from bard_jax.train.fit_search import MAX_CANDIDATES, overrides, search
+from bard_jax.train.memory_plan import MemoryPlan, Talk, plan_memory, size
 
-GiB = 2**30
+__all__ = ["DoesNotFitError", "MemoryPlan", "budget_source", "detected_device_memory", "parse_bytes", "run"]
+
 # Size units of --device-memory: decimal (GB, as accelerators are sold) and binary (GiB); a bare number is bytes.
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -52,68 +58,6 @@ def detected_device_memory() -> int | None:
     return int(limit) if limit else None
 
 
-def per_device_bytes(tree, shardings) -> int:
-    """Bytes one device holds for a tree of abstract arrays under their shardings (the largest device)."""
-    total = 0
-    for x, s in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(shardings)):
-        total += int(np.prod(s.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
-    return total
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryPlan:
-    """Per-device bytes of a compiled step. `parts` names what the total is made of (largest first in a verdict);
-    the XLA figures are its memory analysis of the compiled program."""
-
-    name: str
-    header: tuple[str, ...]
-    parts: dict[str, int]  # params, optimizer state, teacher, batch, temporaries, outputs (not aliased)
-    arguments: int
-    temporaries: int
-    outputs: int
-    aliased: int  # outputs written into the donated arguments' buffers
-
-    @property
-    def total(self) -> int:
-        return self.arguments + self.temporaries + self.outputs - self.aliased
-
-    def largest(self, n: int = 3) -> str:
-        parts = sorted(((v, k) for k, v in self.parts.items() if v > 0), reverse=True)[:n]
-        return ", ".join(f"{k} {size(v)}" for v, k in parts)
-
-    def verdict(self, budget: int | None, source: str) -> str:
-        if budget is None:
-            return "no device-memory budget (CPU devices): pass --device-memory 80GB for a verdict"
-        if self.total <= budget:
-            return f"fits in {size(budget)} per device ({source}), {size(budget - self.total)} to spare"
-        return (f"does NOT fit in {size(budget)} per device ({source}): it needs {size(self.total)}; largest parts: "
-                f"{self.largest()}")
-
-    def report(self, budget: int | None, source: str) -> str:
-        parts = " | ".join(f"{k} {size(v)}" for k, v in self.parts.items())
-        return "\n".join([
-            *self.header,
-            f"  per device: {parts}",
-            f"  XLA memory analysis per device: arguments {size(self.arguments)}, temporaries "
-            f"{size(self.temporaries)}, outputs {size(self.outputs)} ({size(self.aliased)} of them in the donated "
-            f"state's buffers); total {size(self.total)}",
-            f"  verdict: {self.verdict(budget, source)}",
-        ])
-
-    def check(self, budget: int | None, source: str) -> None:
-        """DoesNotFitError (a one-line message) when the total exceeds the budget."""
-        if budget is not None and self.total > budget:
-            raise DoesNotFitError(f"{self.name} {self.verdict(budget, source)}")
-
-
-def size(n: float) -> str:
-    """Bytes in GiB, or in MiB / KiB when small (a tiny recipe's plan would read 0.00 GiB)."""
-    for unit, scale in (("GiB", GiB), ("MiB", 2**20)):
-        if n >= 0.1 * scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n / 2**10:.1f} KiB"
-
-
 def budget_source(text: str | None, budget: int | None) -> str:
     """How the budget was set, for the report."""
     if text is not None:
@@ -121,46 +65,30 @@ def budget_source(text: str | None, budget: int | None) -> str:
     return "the detected accelerator's memory" if budget is not None else "none"
 
 
-def plan_memory(cfg: TrainConfig, mesh) -> MemoryPlan:
-    """Compile the recipe's train step on `mesh` for its largest batch (no weights read) and measure it."""
-    model_config = setup.planned_config(cfg.model.init_from, cfg.model.preset)
-    o = cfg.objective
-    teacher_config = setup.planned_config(o.teacher_init_from, "8b") if o.kind == "swd" else None
-    check_mesh_divides(mesh, ("data.micro_batch_size", cfg.data.micro_batch_size),
-                       setup.head_counts(model_config, teacher_config))
-    vocab = model_config.text.vocab_size
-    # The recipe's token ids stand in for the tokenizer's (there is none before the data is prepared); an id past a
-    # small preset's vocabulary is clamped, as ids do not change the memory of the step.
-    obj = setup.objective_config(cfg, vocab, min(o.mask_token_id, vocab - 1), min(o.pad_token_id, vocab - 1),
-                                 setup.vision_ids(model_config))
-    plan = setup.plan_step(cfg, model_config, teacher_config, obj, mesh)
-    batch = plan.abstract_batch()
-    compiled = plan.step_for(batch).lower(plan.state, batch, plan.teacher, plan.abstract_control()).compile()
-    mem = compiled.memory_analysis()
-    if mem is None:
-        raise InputError(f"the {jax.devices()[0].platform} backend gives no memory analysis of compiled programs")
-
-    params = per_device_bytes(plan.params, plan.param_shardings)
-    optimizer = per_device_bytes(plan.state.opt_state, plan.state_shardings.opt_state)
-    teacher = per_device_bytes(plan.teacher, plan.teacher_shardings) if plan.teacher is not None else 0
-    batch_bytes = per_device_bytes(batch, {k: v.sharding for k, v in batch.items()})
-    parts = {"params": params, "optimizer state": optimizer, "teacher": teacher, "batch": batch_bytes,
-             "temporaries": int(mem.temp_size_in_bytes),
-             "outputs not in donated buffers": int(mem.output_size_in_bytes - mem.alias_size_in_bytes)}
-    if plan.teacher is None:
-        del parts["teacher"]
-    d = cfg.data
-    rows = f"{plan.batch['pixel_values'].shape[1]}"
-    if "pixel_values_videos" in plan.batch:  # planned at once with the image rows: the most a batch can hold
-        rows += f" + {plan.batch['pixel_values_videos'].shape[1]} video"
-    header = (
-        f"dry run of {cfg.name}: mesh {dict(mesh.shape)} ({mesh.devices.size} devices, "
-        f"{jax.devices()[0].platform}); objective {o.kind} b={o.block_size}"
-        + (f", teacher b={o.teacher_block_size}" if plan.teacher is not None else ""),
-        f"  micro-batch {d.micro_batch_size} x {plan.accum} accumulation steps, tokens per sample "
-        f"{plan.batch['input_ids'].shape[1]}, patch rows per sample {rows}, remat "
-        f"{cfg.model.remat_policy}, compute {cfg.model.compute_dtype}, attention {obj.attention.impl}",
-    )
-    return MemoryPlan(name=cfg.name, header=header, parts=parts, arguments=int(mem.argument_size_in_bytes),
-                      temporaries=int(mem.temp_size_in_bytes), outputs=int(mem.output_size_in_bytes),
-                      aliased=int(mem.alias_size_in_bytes))
+def run(written: TrainConfig, mesh: Mesh, budget_text: str | None = None, talk: Talk | None = None) -> int:
+    """The dry run of a recipe as written (a micro-batch of -1 is resolved per mesh) on `mesh`: print the plan and
+    its verdict; exit status 0 when it fits (or there is no budget), else `DoesNotFitError` naming its largest parts
+    and the settings the search found to fit, or what it tried."""
+    talk = talk or Talk()
+    budget = parse_bytes(budget_text, "--device-memory") if budget_text is not None else detected_device_memory()
+    source = budget_source(budget_text, budget)
+    plan = plan_memory(written, mesh, talk)
+    print(plan.report(budget, source), flush=True)
+    if plan.fits(budget):
+        return cli.EXIT_OK
+    talk(f"{written.name} does not fit: planning other settings (at most {MAX_CANDIDATES} compilations)")
+    model_config, teacher_config = setup.planned_configs(written)
+    heads = list(setup.head_counts(model_config, teacher_config).values())
+    result = search(written, list(mesh.devices.flat), budget, heads, talk, skip=written)
+    for tried in result.tried:
+        print(f"  tried {tried.describe(written)}", flush=True)
+    verdict = f"{written.name} {plan.verdict(budget, source)}"
+    if result.found is not None:
+        raise DoesNotFitError(f"{verdict}; it fits with {overrides(written, result.found.cfg)} (needs "
+                              f"{size(result.found.needs)})")
+    smallest = result.smallest
+    best = f" (the smallest: {smallest.describe(written)})" if smallest is not None else ""
+    raise DoesNotFitError(
+        f"{verdict}; none of the {len(result.tried)} other settings tried fits on {mesh.devices.size} devices{best}: "
+        f"use more devices, or shorter samples (data.length_buckets) or fewer pixels per sample (data.max_pixels, "
+        f"data.max_images)")

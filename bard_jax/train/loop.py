@@ -23,10 +23,10 @@ import numpy as np
 from bard_jax import cli
 from bard_jax.data.pipeline import StopRequested
 from bard_jax.errors import BardError, InputError
-from bard_jax.sharding import check_mesh_divides, make_mesh
 from bard_jax.train import recipe as recipe_lib
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
 from bard_jax.train.config import TrainConfig, check_train_config
+from bard_jax.train.mesh import resolve_for_mesh, run_mesh
 from bard_jax.train.metrics import MetricsWriter, NonFiniteStep, PendingSteps
 from bard_jax.train.signals import StopFlag
 from bard_jax.train.step import TrainState, init_state
@@ -95,28 +95,22 @@ def maybe_init_distributed(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args, overrides)
-    budget = None
     if args.device_memory is not None:
         if not args.dry_run:
             raise InputError("--device-memory plans a --dry-run; a training run uses the devices it has")
         from bard_jax.train.dry_run import parse_bytes
 
-        budget = parse_bytes(args.device_memory, "--device-memory")
+        parse_bytes(args.device_memory, "--device-memory")  # a typo is refused before anything else happens
     maybe_init_distributed(args)
-    mesh = make_mesh(cfg.mesh.shape())
-    check_mesh_divides(mesh, ("data.micro_batch_size", cfg.data.micro_batch_size), {})
+    mesh = run_mesh(cfg)
 
-    from bard_jax.train import setup  # the pieces that touch data, weights and objectives
-
-    if args.dry_run:
+    if args.dry_run:  # planned as written: a micro-batch of -1 is resolved for each mesh the dry run tries
         from bard_jax.train import dry_run as dry_run_lib
 
-        memory = dry_run_lib.plan_memory(cfg, mesh)
-        budget = budget if budget is not None else dry_run_lib.detected_device_memory()
-        source = dry_run_lib.budget_source(args.device_memory, budget)
-        print(memory.report(budget, source), flush=True)
-        memory.check(budget, source)  # a plan that does not fit is an error (exit status 1)
-        return cli.EXIT_OK
+        return dry_run_lib.run(cfg, mesh, args.device_memory)  # a plan that does not fit raises (exit status 1)
+    cfg = resolve_for_mesh(cfg, mesh)
+
+    from bard_jax.train import setup  # the pieces that touch data, weights and objectives
 
     # --- data, model config, objective
     if jax.process_index() == 0:
@@ -126,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     # then wait for it in the next step's collectives forever, so there the request waits for the agreement below.
     run = setup.prepare_run(cfg, stop_event=stop.event if jax.process_count() == 1 else None)
     model_config = run.model_config
-    check_mesh_divides(mesh, ("data.micro_batch_size", cfg.data.micro_batch_size),
-                       setup.head_counts(model_config, run.teacher_config))
+    resolve_for_mesh(cfg, mesh, setup.head_counts(model_config, run.teacher_config))
 
     # --- the step plan: shapes, shardings, batch schema, the step (the dry run builds the same)
-    plan = setup.plan_step(cfg, model_config, run.teacher_config, run.objective, mesh)
+    plan = setup.plan_step(cfg, model_config, run.teacher_config, run.objective, mesh, run.pixel_rows)
 
     # --- state: restore, or init (already sharded)
     os.makedirs(cfg.workdir, exist_ok=True)

@@ -25,10 +25,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bard_jax import hf
 from bard_jax.config import ModelConfig, preset
+from bard_jax.data.image import ImageSettings
 from bard_jax.data.jsonl_records import JsonlRecords, MalformedRecord, open_records
-from bard_jax.data.pipeline import PipelineConfig, TrainStream
+from bard_jax.data.pipeline import PipelineConfig, TrainStream, largest_patch_bucket
 from bard_jax.data.prefetch import BatchStream, Prefetcher
-from bard_jax.data.processor import DataError, Processor
+from bard_jax.data.processor import DataError, Processor, image_settings_of_dir
+from bard_jax.data.shape_agreement import agreed_shapes
 from bard_jax.diffusion.layout import collate_packed
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
 from bard_jax.diffusion.noise import NoiseConfig
@@ -52,6 +54,7 @@ class Run:
     processor_dir: str
     data: BatchStream  # a TrainStream, behind a Prefetcher unless data.prefetch is 0
     objective: ObjectiveConfig
+    pixel_rows: int  # the most image (and, apart, video) pixel rows one sample may carry (`sample_pixel_rows`)
 
 
 def resolve_weights(path: str) -> str:
@@ -106,6 +109,13 @@ def planned_config(path: str, fallback_preset: str) -> ModelConfig:
     if not fallback_preset:
         raise SetupError(f"dry run: {path!r} does not exist and the recipe names no model.preset to plan with")
     return preset(fallback_preset)
+
+
+def planned_configs(cfg: TrainConfig) -> tuple[ModelConfig, ModelConfig | None]:
+    """The student's and (SWD) the teacher's model configs for planning (`planned_config`; the teacher falls back to
+    the release's 8B anchor)."""
+    teacher = planned_config(cfg.objective.teacher_init_from, "8b") if cfg.objective.kind == "swd" else None
+    return planned_config(cfg.model.init_from, cfg.model.preset), teacher
 
 
 def model_config_for(cfg: TrainConfig, processor: Processor) -> ModelConfig:
@@ -215,22 +225,54 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
     except DataError as e:
         raise SetupError(f"data.train_jsonl: {e}") from e
     records = keep_question_types(records, tuple(d.question_types), train)
-    stream = TrainStream(records, processor, pipeline_config(cfg, obj), image_root=root,
-                         processor_dir=processor_dir, stop_event=stop_event)
+    st = processor.settings
+    pixel_rows = sample_pixel_rows(cfg, st.max_pixels, st.patch_size, st.merge_size)
+    stream = TrainStream(records, processor, pipeline_config(cfg, obj, pixel_rows), image_root=root,
+                         processor_dir=processor_dir, stop_event=stop_event, shapes=agreed_shapes())
     if d.prefetch:
         stream = Prefetcher(stream, d.prefetch)
-    return Run(model_config, teacher_config, processor_dir, stream, obj)
+    return Run(model_config, teacher_config, processor_dir, stream, obj, pixel_rows)
 
 
-def pipeline_config(cfg: TrainConfig, obj: ObjectiveConfig) -> PipelineConfig:
-    """The data stream's settings: what the stream produces, and what the batch schema (`largest_batch`) allows."""
+def planned_max_pixels(cfg: TrainConfig) -> int:
+    """The processor's `max_pixels` a run of this recipe will use, found without loading a tokenizer (for the dry
+    run): `data.max_pixels` if set, else the processor directory's (`data.processor`, the weights being started from,
+    or the synthetic task's), else transformers' default for Qwen3-VL."""
+    d = cfg.data
+    if d.max_pixels:
+        return d.max_pixels
+    dirs = [d.processor, resolve_weights(cfg.model.init_from)]
+    for directory in filter(None, dirs):
+        for where in (os.path.join(directory, "tokenizer"), directory):
+            if os.path.isfile(os.path.join(where, "preprocessor_config.json")):
+                return image_settings_of_dir(where).max_pixels
+    if d.synthetic and not d.train_jsonl:
+        from bard_jax.data.synthetic import IMAGE_MAX_PIXELS
+
+        return IMAGE_MAX_PIXELS
+    return ImageSettings().max_pixels
+
+
+def sample_pixel_rows(cfg: TrainConfig, max_pixels: int | None = None, patch_size: int = 16, merge_size: int = 2
+                      ) -> int:
+    """The most pixel rows one sample may carry, images and (apart) videos: `data.max_images` images of at most
+    `max_pixels` each (default: `planned_max_pixels`), and no more merged windows than the longest length bucket
+    holds (`pipeline.largest_patch_bucket`). A sample with more is skipped; the largest batch carries this many."""
+    return largest_patch_bucket(max_pixels=max_pixels or planned_max_pixels(cfg), patch_size=patch_size,
+                                merge_size=merge_size, max_images=cfg.data.max_images,
+                                max_length=max(cfg.data.length_buckets))
+
+
+def pipeline_config(cfg: TrainConfig, obj: ObjectiveConfig, pixel_rows: int | None = None) -> PipelineConfig:
+    """The data stream's settings: what the stream produces, and what the batch schema (`largest_batch`) allows.
+    `pixel_rows`: the per-sample limit (default: `sample_pixel_rows` with the recipe's planned processor)."""
     d = cfg.data
     return PipelineConfig(
         global_batch_size=d.global_batch_size, block_size=obj.block_size if obj.kind != "ar" else 1,
         length_buckets=tuple(d.length_buckets), response_buckets=tuple(d.response_buckets),
-        pixel_rows=max(d.patch_buckets), patch_buckets=tuple(d.patch_buckets), max_images=d.max_images, seed=d.seed,
-        shard_index=jax.process_index(), shard_count=jax.process_count(), strict=d.strict, workers=d.workers,
-        noisy_copy=obj.kind != "ar", max_videos=d.max_videos,
+        pixel_rows=pixel_rows or sample_pixel_rows(cfg), patch_buckets=tuple(d.patch_buckets),
+        max_images=d.max_images, seed=d.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+        strict=d.strict, workers=d.workers, noisy_copy=obj.kind != "ar", max_videos=d.max_videos,
     )
 
 
@@ -384,9 +426,10 @@ def make_loss(cfg: TrainConfig, model_config: ModelConfig, teacher_config: Model
 
 
 def plan_step(cfg: TrainConfig, model_config: ModelConfig, teacher_config: ModelConfig | None,
-              obj: ObjectiveConfig, mesh: Mesh) -> StepPlan:
+              obj: ObjectiveConfig, mesh: Mesh, pixel_rows: int | None = None) -> StepPlan:
     """Build the train step of a recipe on a mesh: shapes, shardings, the batch schema and the step itself. Reads
-    no weights and compiles nothing yet (jit compiles on the first call or `lower`)."""
+    no weights and compiles nothing yet (jit compiles on the first call or `lower`). `pixel_rows`: the per-sample
+    pixel-row limit of the data stream (default: the recipe's planned one, `sample_pixel_rows`)."""
     params = abstract_params(cfg, model_config)
     p_shard = param_shardings(params, mesh)
     tx, schedules = make_optimizer(cfg.optim, cfg.steps, params)
@@ -410,7 +453,7 @@ def plan_step(cfg: TrainConfig, model_config: ModelConfig, teacher_config: Model
     return StepPlan(
         mesh=mesh, params=params, param_shardings=p_shard, tx=tx, state=state,
         state_shardings=state_shardings(state, p_shard, mesh), teacher=teacher, teacher_shardings=teacher_shard,
-        batch=largest_batch(cfg, obj, model_config.vision.patch_dim),
+        batch=largest_batch(cfg, obj, model_config.vision.patch_dim, pixel_rows),
         accum=cfg.data.global_batch_size // cfg.data.micro_batch_size, train_step=train_step,
     )
 
@@ -446,7 +489,8 @@ def _match_param_sharding(path, x, params, p_shard):
 
 
 # ------------------------------------------------------------------------------------------------ batch schema
-def largest_batch(cfg: TrainConfig, obj: ObjectiveConfig, patch_dim: int) -> dict[str, jax.ShapeDtypeStruct]:
+def largest_batch(cfg: TrainConfig, obj: ObjectiveConfig, patch_dim: int, pixel_rows: int | None = None
+                  ) -> dict[str, jax.ShapeDtypeStruct]:
     """The largest global batch the stream can produce, abstract, in its host layout, from the stream's own settings
     (`pipeline_config`): the token side laid out by the stream's `collate_packed` (its keys and dtypes) at the
     largest length bucket and the largest response bucket in whole blocks; the image side at the most pixel rows an
@@ -455,7 +499,7 @@ def largest_batch(cfg: TrainConfig, obj: ObjectiveConfig, patch_dim: int) -> dic
 
     Letters: G global batch, L tokens, S response slots, P / Q image / video pixel rows, C patch dim.
     """
-    pipe = pipeline_config(cfg, obj)
+    pipe = pipeline_config(cfg, obj, pixel_rows)
     slots = -(-max(pipe.response_buckets) // pipe.block_size) * pipe.block_size
     empty = collate_packed([], max(pipe.length_buckets), slots)  # [0, L] / [3, 0, L] / [0, S] / [0]
     g = pipe.global_batch_size
