@@ -72,8 +72,12 @@ PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [
     (r"visual/blocks/attn/proj/kernel$", ("layers", "vis_mlp", "vis_embed")),
     (r"visual/blocks/mlp/linear_fc1/kernel$", ("layers", "vis_embed", "vis_mlp")),
     (r"visual/blocks/mlp/linear_fc2/kernel$", ("layers", "vis_mlp", "vis_embed")),
-    (r"visual/(merger|deepstack_merger_list)/linear_fc1/kernel$", (None, "vis_mlp")),
-    (r"visual/(merger|deepstack_merger_list)/linear_fc2/kernel$", ("vis_mlp", "embed")),
+    (r"visual/merger/linear_fc1/kernel$", ("vis_embed", "vis_mlp")),
+    (r"visual/merger/linear_fc2/kernel$", ("vis_mlp", "embed")),
+    (r"visual/deepstack_merger_list/linear_fc1/kernel$", ("layers", "vis_embed", "vis_mlp")),
+    (r"visual/deepstack_merger_list/linear_fc2/kernel$", ("layers", "vis_mlp", "embed")),
+    (r"visual/patch_embed/proj/kernel$", (None, "vis_embed")),
+    (r"visual/pos_embed/embedding$", (None, "vis_embed")),
 ]
 
 

@@ -14,13 +14,14 @@ SOURCES = {
     "8b": os.environ.get("BARD_SOURCE_8B", "checkpoints/Qwen3-VL-Bard-8B-Instruct"),
 }
 DATA = os.environ.get("BARD_DATA", "datasets/mixed-8192")
-# Global batch 256 samples, micro-batches of 1 sample per device in the release; here one micro-batch holds
-# `micro` samples spread over the data axis, and 256 / micro micro-batches are accumulated per update.
+# Global batch 256 samples in micro-batches of 1 sample per device, as the release: a micro-batch of -1 holds one
+# sample per batch shard of the mesh (8 on 8 devices, so 32 micro-batches are accumulated per update; 4 on 64).
+# The mesh is the default: every device on fsdp.
 RELEASE_DATA = DataSection(
     train_jsonl=os.path.join(DATA, "train.jsonl"),
     image_root=DATA,
     global_batch_size=256,
-    micro_batch_size=8,
+    micro_batch_size=-1,
     length_buckets=(1024, 2048, 4096, 8192),
     min_pixels=256 * 256,
     max_pixels=2048 * 2048,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
+import threading
 
 import jax
 import numpy as np
@@ -19,6 +21,7 @@ from bard_jax.data.pipeline import (
     read_jsonl,
 )
 from bard_jax.data.processor import Processor
+from bard_jax.data.shape_agreement import StoreShapes
 from bard_jax.data.synthetic import generate
 from bard_jax.diffusion import noise
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
@@ -116,3 +119,61 @@ def test_text_only_batch_trains_without_the_vision_tower(synthetic, monkeypatch)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
     assert not any(np.asarray(g).any() for g in jax.tree_util.tree_leaves(grads["visual"]))
     assert any(np.asarray(g).any() for g in jax.tree_util.tree_leaves(grads["language_model"]))
+
+
+# ------------------------------------------------------------------------------------------------ several hosts
+class FakeStore:
+    """jax.distributed's key-value client interface, in memory, shared by threads standing in for hosts."""
+
+    def __init__(self):
+        self.values: dict[str, str] = {}
+        self.changed = threading.Condition()
+
+    def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None:
+        with self.changed:
+            assert allow_overwrite or key not in self.values, key
+            self.values[key] = value
+            self.changed.notify_all()
+
+    def blocking_key_value_get(self, key: str, timeout_in_ms: int) -> str:
+        with self.changed:
+            if not self.changed.wait_for(lambda: key in self.values, timeout_in_ms / 1000):
+                raise RuntimeError(f"DEADLINE_EXCEEDED: GetKeyValue() timed out with key: {key}")
+            return self.values[key]
+
+    def key_value_delete(self, key: str) -> None:
+        with self.changed:
+            self.values.pop(key, None)
+
+
+def test_hosts_with_different_data_agree_on_every_batch_shape(synthetic):
+    """Two hosts, each with its half of every global batch of 2: one draws the image sample, the other the longer
+    text-only one. Agreeing through the store, both slices have the same keys and shapes (the text host carries zero
+    pixel rows), and together they are exactly the batch one host collates for the whole global batch."""
+    records, _ = read_jsonl(os.path.join(synthetic, "train.jsonl"))
+    long_text = text_only(records[1:2])[0]
+    long_text["messages"][0]["content"][0]["text"] = " ".join(["how many red shapes are there ?"] * 10)
+    data = [records[0], long_text]  # one epoch per global batch: each host gets one of the two every time
+    store = FakeStore()
+    hosts = [dataclasses.replace(stream(synthetic, data).cfg, shard_index=i, shard_count=2) for i in (0, 1)]
+    proc = Processor.from_pretrained(synthetic)
+    streams = [TrainStream(data, proc, cfg, image_root=synthetic, shapes=StoreShapes(store, i, 2))
+               for i, cfg in enumerate(hosts)]
+    alone = [TrainStream(data, proc, cfg, image_root=synthetic) for cfg in hosts]  # no agreement
+    whole = stream(synthetic, data)  # one host, the whole global batch
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slices = list(pool.map(lambda s: s.next_batch(), streams))
+        own = [s.next_batch() for s in alone]
+        assert {"pixel_values" in b for b in own} == {True, False}  # alone, they would differ
+        assert own[0]["input_ids"].shape != own[1]["input_ids"].shape
+        assert set(slices[0]) == set(slices[1]) and "pixel_values" in slices[0]
+        for k in slices[0]:
+            assert slices[0][k].shape == slices[1][k].shape, k
+        together = {k: np.concatenate([slices[0][k], slices[1][k]], axis=1 if k == "positions" else 0)
+                    for k in slices[0]}
+        one = whole.next_batch()
+        assert set(together) == set(one)
+        for k in one:
+            np.testing.assert_array_equal(together[k], one[k], err_msg=k)
+    assert len(store.values) <= 2 * 2  # each host keeps its keys of the last two batches only

@@ -73,7 +73,8 @@ def test_bad_setups_fail_with_clear_errors(tmp_path):
     r = train(tmp_path / "b", *FAST, "--recipe.objective.kind", "swd", check=False)
     assert r.returncode != 0 and "teacher checkpoint not found" in r.stderr
     r = train(tmp_path / "c", *FAST, "--recipe.mesh.data", "3", check=False)
-    assert r.returncode != 0 and "needs 3 devices" in r.stderr
+    assert r.returncode != 0 and "mesh.data x mesh.fsdp x mesh.tensor = 3 x -1 x 1 does not fit the 1 devices" \
+        in r.stderr
     r = train(tmp_path / "d", *FAST, "--recipe.data.question_types", "colour", check=False)
     assert r.returncode != 0 and "data.question_types ['colour']: no sample of" in r.stderr and "'number'" in r.stderr
     assert not (tmp_path / "d").exists()  # refused before anything was written

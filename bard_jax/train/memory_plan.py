@@ -75,6 +75,8 @@ class MemoryPlan:
     aliased: int  # outputs written into the donated arguments' buffers
     flops: int = 0
     devices: int = 1
+    micro_batch: int = 0  # examples per micro-batch (resolved for the mesh)
+    accumulation: int = 0  # micro-batches per update
     # False: not compiled, because the arguments alone (`arguments`) exceed the budget it was planned against.
     complete: bool = True
 
@@ -173,4 +175,5 @@ def plan_memory(cfg: TrainConfig, mesh, talk: Talk | None = None, budget: int | 
                        pixel_rows=rows)
     return MemoryPlan(name=cfg.name, header=header, parts=parts, arguments=int(mem.argument_size_in_bytes),
                       temporaries=int(mem.temp_size_in_bytes), outputs=int(mem.output_size_in_bytes),
-                      aliased=int(mem.alias_size_in_bytes), flops=flops, devices=mesh.devices.size)
+                      aliased=int(mem.alias_size_in_bytes), flops=flops, devices=mesh.devices.size,
+                      micro_batch=d.micro_batch_size, accumulation=plan.accum)

@@ -1,7 +1,8 @@
 """Metrics sinks: the console (a progress bar), `WORKDIR/metrics.jsonl` and TensorBoard event files; and
 `PendingSteps`, which keeps the steps' metrics on the device until a check fetches them.
 
-Only process 0 writes. Each logged step is one JSON object with at least `step` and `loss`. A run that resumes
+Only process 0 writes. Each logged step is one JSON object with at least `step`, `loss`, `step_seconds` and the
+memory peaks so far (`memory_peaks`). A run that resumes
 from step N first drops the rows past N (logged after the checkpoint it resumes from, and about to be logged
 again), so the file holds each step once and in order.
 """
@@ -148,4 +149,18 @@ class PendingSteps:
                 raise NonFiniteStep(step, metrics, examples, checked_at=steps[-1][0])
             if step % self.log_every == 0 or step == self.total:
                 row = {k: v for k, v in metrics.items() if k not in CONTROL_KEYS}
-                self.writer.write(step, {**row, "step_seconds": seconds})
+                self.writer.write(step, {**row, "step_seconds": seconds, **memory_peaks()})
+
+
+def memory_peaks() -> dict[str, float]:
+    """The peaks of memory so far, in GiB: `host_peak_gib`, this process's resident set (on a CPU backend, the
+    training's own memory); `device_peak_gib`, the largest of this process's devices' allocator peaks, where the
+    backend reports one (GPU, TPU). Set against the dry run's plan, they check it on a real run."""
+    import resource
+
+    out = {"host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30}  # Linux: KiB
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    peaks = [p for p in peaks if p is not None]
+    if peaks:
+        out["device_peak_gib"] = max(peaks) / 2**30
+    return out
