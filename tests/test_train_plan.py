@@ -238,6 +238,9 @@ def test_device_memory_sizes():
     for bad in ("eighty", "80XB", "0", "-5GB", "nan", "inf GB", ""):
         with pytest.raises(InputError, match="expected a size such as 80GB, 80GiB or 96e9"):
             parse_bytes(bad, "--device-memory")
+    with pytest.raises(InputError, match=r"--device-memory '80' is 80 bytes: a size needs a unit, such as 80GB or "
+                                         r"80GiB \(a bare number is bytes\)"):
+        parse_bytes("80", "--device-memory")
     assert detected_device_memory() is None  # CPU devices: no budget unless one is given
 
 

@@ -12,7 +12,8 @@ after a resume; the iterator state is just the next batch number (plus the skip 
 
 Shapes: each batch takes the smallest length, response and patch buckets that hold its largest example, so a batch
 of small images carries few pixel rows and a batch without any image carries no `pixel_values` / `image_grid_thw`
-at all (its step runs no vision tower). Each distinct set of shapes is its own compiled step.
+at all (its step runs no vision tower). Each distinct set of shapes is its own compiled step. With several hosts,
+"its largest example" is the largest of every host's slice: they agree before collating (`shape_agreement.py`).
 
 Samples that cannot be used (unreadable image, no assistant turn, empty response, unknown content type, too long
 for the largest bucket, malformed JSON) are skipped with a counted reason, or raise in strict mode; a skipped

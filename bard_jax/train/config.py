@@ -50,6 +50,9 @@ class DataSection:
     micro_batch_size: int = 8
     length_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
     response_buckets: tuple[int, ...] = (16, 64, 256, 1024, 4096)  # supervised-slot buckets (padded response)
+    # Pixel-row buckets below the per-sample limit, which comes from the processor's max_pixels: max_images images
+    # of at most max_pixels each, no more windows than the longest length bucket holds (a sample with more is
+    # skipped); each batch takes the smallest rung that holds its largest sample.
     patch_buckets: tuple[int, ...] = (256, 1024, 4096, 16384)
     max_images: int = 4
     # Videos per sample (0: samples with a video are skipped and the step plan carries no video arrays). A video's
@@ -220,7 +223,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         need(key, _value_at(cfg, key) >= 1 or _value_at(cfg, key) == -1, "must be >= 1, or -1 for the rest")
     if cfg.mesh.shape().count(-1) > 1:
         problems.append(f"mesh.data, mesh.fsdp, mesh.tensor = {cfg.mesh.shape()}: at most one may be -1 (the "
-                        f"devices the others leave)")
+                        f"devices the others leave; data parallelism over every device is mesh.data=-1 "
+                        f"mesh.fsdp=1)")
     if problems:
         raise RecipeError("settings that cannot run:\n  " + "\n  ".join(problems))
 

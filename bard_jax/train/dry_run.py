@@ -46,6 +46,9 @@ def parse_bytes(text: str, what: str) -> int:
     value = float(m.group(1)) * UNITS[unit] if m and unit in UNITS else math.nan
     if not (math.isfinite(value) and value >= 1):
         raise InputError(f"{what} {text!r}: expected a size such as 80GB, 80GiB or 96e9 (bytes)")
+    if not unit and value < 2**20:  # no accelerator has less than a MiB: a unit was forgotten
+        raise InputError(f"{what} {text!r} is {int(value)} bytes: a size needs a unit, such as {text.strip()}GB or "
+                         f"{text.strip()}GiB (a bare number is bytes)")
     return int(value)
 
 
