@@ -289,11 +289,12 @@ def test_prefetching_gives_the_same_batches_state_and_errors(synthetic):
         def close(self):
             pass
 
-    failing = Prefetcher(Failing())
+    failing = Prefetcher(Failing(), depth=2)
     assert failing.next_batch() == {"n": 1}
     with pytest.raises(DataError, match="sample 9: broken"):
         failing.next_batch()
     failing.close()
+    assert failing.stream.n == 2  # nothing was prepared after the failure: the stream is as it left it
     with pytest.raises(ValueError, match="depth"):
         Prefetcher(Failing(), depth=0)
 

@@ -33,7 +33,8 @@ class Prefetcher:
     """`depth` batches of `stream` prepared ahead; same interface as the stream (next_batch, get/set_state, close).
 
     Nothing is prepared before the first `next_batch()`, so `set_state()` right after construction (a resume)
-    costs nothing. An exception raised while preparing a batch is raised by the `next_batch()` that asks for it.
+    costs nothing. An exception raised while preparing a batch is raised by the `next_batch()` that asks for it, and
+nothing more is prepared after it (the stream's state stays as the failure left it).
 
     `stop_event` (default: the stream's own `stop_event`, if it has one; a stream without one is given this one):
     once set, a `next_batch()` whose batch is not ready raises `StopRequested` within about `WAIT_SLICE_SECONDS`
@@ -55,11 +56,20 @@ class Prefetcher:
         self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bard_jax-data")
         self._closed = False
+        self._failed = threading.Event()  # set when preparing a batch raised
         # Guards _pending and _closed; reentrant so that a close() from a signal handler cannot deadlock.
         self._lock = threading.RLock()
 
     def _produce(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        batch = self.stream.next_batch()
+        # Once a batch has failed, the batches queued behind it are not prepared: the stream is left as the failure
+        # left it (its skip counts, say), and the error is what `next_batch()` raises.
+        if self._failed.is_set():
+            raise StopRequested("an earlier batch failed to be prepared")
+        try:
+            batch = self.stream.next_batch()
+        except BaseException:
+            self._failed.set()
+            raise
         return batch, copy.deepcopy(self.stream.get_state())
 
     def _stopping(self) -> bool:
@@ -94,6 +104,7 @@ class Prefetcher:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._discard_pending()
+        self._failed.clear()
         self.stream.set_state(state)
         self._state = copy.deepcopy(self.stream.get_state())
 
