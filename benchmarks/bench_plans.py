@@ -70,7 +70,7 @@ def table(rows: list[dict]) -> str:
         out.append(
             f"| {r['recipe']} | {size} | {r['devices']} | {' x '.join(map(str, r['mesh']))} | "
             f"{r['micro_batch']} x {accum} | {gib(r['params'])} | {gib(r['optimizer_state'])} | "
-            f"{gib(r.get('teacher', 0)) if 'teacher' in r else '-'} | {gib(r['batch'])} | {gib(r['temporaries'])} | "
+            f"{gib(r['teacher']) if 'teacher' in r else '-'} | {gib(r['batch'])} | {gib(r['temporaries'])} | "
             f"{gib(r['total'])} | {'fits' if r['fits'] else '**does NOT fit**'} | "
             f"{r['flops_per_device'] / 1e12:.0f} |")
     return "\n".join(out)

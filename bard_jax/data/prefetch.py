@@ -34,7 +34,7 @@ class Prefetcher:
 
     Nothing is prepared before the first `next_batch()`, so `set_state()` right after construction (a resume)
     costs nothing. An exception raised while preparing a batch is raised by the `next_batch()` that asks for it, and
-nothing more is prepared after it (the stream's state stays as the failure left it).
+    nothing more is prepared after it (the stream's state stays as the failure left it).
 
     `stop_event` (default: the stream's own `stop_event`, if it has one; a stream without one is given this one):
     once set, a `next_batch()` whose batch is not ready raises `StopRequested` within about `WAIT_SLICE_SECONDS`

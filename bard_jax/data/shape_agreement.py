@@ -55,10 +55,8 @@ class StoreShapes:
     def maxima(self, batch_number: int, needs: Sequence[int]) -> tuple[int, ...]:
         key = f"{KEY_PREFIX}/{batch_number}"
         mine = ",".join(str(int(n)) for n in needs)
-        try:
-            self.client.key_value_set(f"{key}/{self.process_index}", mine, allow_overwrite=True)
-        except TypeError:  # a jaxlib whose client has no allow_overwrite (values for a batch never change anyway)
-            self.client.key_value_set(f"{key}/{self.process_index}", mine)
+        # A batch prepared again (after a prefetch was discarded) publishes the same values: overwriting is safe.
+        self.client.key_value_set(f"{key}/{self.process_index}", mine, allow_overwrite=True)
         rows = [tuple(int(v) for v in self._get(f"{key}/{p}").split(",")) for p in range(self.process_count)]
         if any(len(r) != len(needs) for r in rows):
             raise RuntimeError(f"hosts disagree on what a batch's shape depends on: {rows} (batch {batch_number})")

@@ -17,13 +17,12 @@ compilations.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bard_jax.train.config import MeshSection, TrainConfig
 from bard_jax.train.memory_plan import MemoryPlan, Talk, plan_memory, size
-from bard_jax.train.mesh import run_mesh
+from bard_jax.train.mesh import mesh_shape, micro_batch_on, run_mesh
 
 # Remat policies, from the one that keeps the most activations for the backward to the one that keeps the least.
 REMAT_BY_MEMORY = ("none", "dots_saveable", "dots", "projections", "full")
@@ -134,11 +133,7 @@ def search(written: TrainConfig, devices: Sequence[Any], budget: int, heads: Seq
 def _same_setting(a: TrainConfig, b: TrainConfig, devices: int) -> bool:
     """Whether two configs plan the same mesh, micro-batch and remat on `devices` devices."""
     def key(c: TrainConfig) -> tuple:
-        shape = list(c.mesh.shape())
-        if -1 in shape:
-            shape[shape.index(-1)] = devices // math.prod(n for n in shape if n != -1)
-        shards = shape[0] * shape[1]
-        micro = shards if c.data.micro_batch_size == -1 else c.data.micro_batch_size
-        return tuple(shape), micro, c.model.remat_policy
+        shape = mesh_shape(c, devices)
+        return shape, micro_batch_on(c, shape[0] * shape[1]), c.model.remat_policy
 
     return key(a) == key(b)

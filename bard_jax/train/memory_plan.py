@@ -9,10 +9,9 @@ since the dry run began.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +35,6 @@ class Talk:
 
     def __call__(self, what: str) -> None:
         self.say(f"[dry run {time.monotonic() - self.start:6.1f} s] {what}")
-
-    @contextlib.contextmanager
-    def timed(self) -> Iterator[Callable[[], float]]:
-        """Seconds since entering, as a callable (for a line that reports how long a step took)."""
-        t0 = time.monotonic()
-        yield lambda: time.monotonic() - t0
 
 
 def size(n: float) -> str:

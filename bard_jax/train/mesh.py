@@ -23,19 +23,32 @@ from bard_jax.sharding import batch_shards, check_mesh_divides, make_mesh
 from bard_jax.train.config import TrainConfig
 
 
-def run_mesh(cfg: TrainConfig, devices: Sequence[Any] | None = None) -> Mesh:
-    """The (data, fsdp, tensor) mesh of `cfg.mesh` over `devices` (default: all)."""
-    devices = list(devices if devices is not None else jax.devices())
-    shape = cfg.mesh.shape()
+def mesh_shape(cfg: TrainConfig, devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) of `cfg.mesh` on `devices` devices, a -1 resolved; InputError naming the keys when the
+    sizes do not fit the devices."""
+    shape = list(cfg.mesh.shape())
     known = int(np.prod([s for s in shape if s != -1]))
-    fits = len(devices) % known == 0 if -1 in shape else known == len(devices)
+    fits = devices % known == 0 if -1 in shape else known == devices
     if not fits:
         need = "a product that divides" if -1 in shape else "a product equal to"
         raise InputError(
-            f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, shape))} does not fit the {len(devices)} "
-            f"devices: the sizes need {need} {len(devices)} (-1 takes the devices the others leave; the default "
+            f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, shape))} does not fit the {devices} "
+            f"devices: the sizes need {need} {devices} (-1 takes the devices the others leave; the default "
             f"1 x -1 x 1 puts them all on fsdp)")
-    return make_mesh(shape, devices)
+    if -1 in shape:
+        shape[shape.index(-1)] = devices // known
+    return tuple(shape)
+
+
+def micro_batch_on(cfg: TrainConfig, shards: int) -> int:
+    """`data.micro_batch_size` on a mesh of `shards` batch shards (data x fsdp): -1 is one example per shard."""
+    return shards if cfg.data.micro_batch_size == -1 else cfg.data.micro_batch_size
+
+
+def run_mesh(cfg: TrainConfig, devices: Sequence[Any] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh of `cfg.mesh` over `devices` (default: all)."""
+    devices = list(devices if devices is not None else jax.devices())
+    return make_mesh(mesh_shape(cfg, len(devices)), devices)
 
 
 def resolve_for_mesh(cfg: TrainConfig, mesh: Mesh, heads: Mapping[str, int] | None = None) -> TrainConfig:
@@ -43,8 +56,7 @@ def resolve_for_mesh(cfg: TrainConfig, mesh: Mesh, heads: Mapping[str, int] | No
     divides the micro-batch (and, given `heads`, the attention heads) and that the micro-batch divides the global
     batch. `heads` maps a name ("text query heads", ...) to a count, as `setup.head_counts` gives them."""
     d = cfg.data
-    shards = batch_shards(mesh)
-    micro = shards if d.micro_batch_size == -1 else d.micro_batch_size
+    micro = micro_batch_on(cfg, batch_shards(mesh))
     check_mesh_divides(mesh, ("data.micro_batch_size", micro), {})
     tensor = mesh.shape["tensor"]
     uneven = [f"{what} ({n})" for what, n in (heads or {}).items() if n % tensor]
