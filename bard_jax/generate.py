@@ -37,7 +37,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--commit", default="forward", choices=["forward", "reuse"])
+    p.add_argument("--commit", default="fold", choices=["fold", "forward", "reuse"],
+                   help="how a finished block's K/V enter the cache: fold (default: inside the next block's first "
+                   "forward), forward (a forward of its own, the reference's schedule: same tokens), reuse (the last "
+                   "denoising forward's: fewer forwards, other tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)

@@ -1,24 +1,34 @@
-"""Decoding speed on this machine: what one forward costs inside the block-diffusion loop against a bare forward of
-the same shape, at block sizes 4 / 8 / 16 / 32 and batch 1 and 8, and the AR decoder's tokens/s.
+"""Decoding speed at a real model width on this machine: block diffusion against our AR decoder, per commit mode.
 
-Random weights, static strategy with 4 tokens unmasked per step (s = b / 4 steps per block, plus one commit
-forward per block), so every row runs every forward (random weights never emit EOS). Per setting:
+The model is a preset's text shape (default the 2B: width 2048, 28 layers, 16 heads of 128, 8 KV heads, MLP 6144,
+vocabulary 151,936, tied head; `--layers` takes fewer layers of the same width) with random float32 weights and a
+one-layer vision tower (text prompts only). Per batch size, every row decodes `--new` tokens after a `--prompt`-token
+prompt (random weights never emit EOS, so every row runs every forward):
 
-* loop ms/forward: the decode loop's wall time (best of `--repeats` after a warm-up) / the forwards it ran
-  (denoising + commit);
-* bare ms/forward: the best of `--repeats * 4` calls of a jitted forward alone, taken between the loop's runs: a
-  [B, b] block against a KV cache of the loop's length (every slot valid), giving logits [B, b, V] and the block's
-  K/V, the same function the loop calls;
-* ratio = loop / bare: what the loop adds per forward (token choice, confidences, transfer selection, cache writes,
-  loop control). Goal: at most 1.25.
+* AR: `generate_ar` with its KV cache (the prefill gives the first token, then one forward per token).
+* block b / s steps: `bj.generate`, static strategy (b / s tokens per denoising forward), for each commit mode:
+  "fold" (the default: the prefill also runs block 0's first step, and the forward that starts block i + 1 also
+  writes block i), "forward" (a commit forward per block, the reference's schedule) and "reuse" (no commit).
+* block 32 dynamic: the dynamic strategy with threshold 0.5 and 10 steps per block. Random weights clear no
+  threshold, so each step unmasks the quota: 3.2 tokens per forward, the rate the trained Mini-BARD B32 (SWD) model
+  reaches at threshold 0.5 (docs/minibard.md). Its forwards are those of a trained model at that rate; its tokens
+  are not.
 
-  python benchmarks/bench_sampler.py [--width 512] [--layers 8] [--vocab 8192] [--prompt 64] [--new 128]
-      [--batches 1,8] [--blocks 4,8,16,32] [--repeats 3]
+Columns: tokens/s over the whole call (prefill included; best of `--repeats` after a warm-up call that compiles);
+forwards (`nfe`); tokens processed per row (prompt, b per denoising forward, b per committed block); ms per forward
+(the call's wall time / forwards); the bound: the speed over AR if every forward cost what a bare forward of its
+shape costs (the same compiled forward called alone: [B, T] tokens against a full cache, T = 1, b or 2b, and the
+prefill), i.e. AR's measured time / the schedule's summed bare cost; "of bound" = measured / bound.
+
+  python benchmarks/bench_sampler.py [--preset 2B] [--layers 28] [--prompt 64] [--new 64] [--batches 1,8]
+      [--settings 4/1,4/2,32/8,32/10d] [--commits fold,forward,reuse] [--repeats 1] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
 
 import jax
@@ -26,35 +36,32 @@ import jax.numpy as jnp
 import numpy as np
 
 import bard_jax as bj
-from bard_jax.config import TextConfig, VisionConfig
+from bard_jax.config import VisionConfig
 from bard_jax.modeling import network
 from bard_jax.sampler import diffusion
 from bard_jax.sampler.ar import ARConfig, generate_ar
 from bard_jax.sampler.inputs import prepare
 
-
-def model_config(width: int, layers: int, vocab: int) -> bj.ModelConfig:
-    """Head dim 64, GQA 2:1, MLP 3x width, tied head; a one-layer vision tower (unused: text prompts)."""
-    heads = width // 64
-    return bj.ModelConfig(
-        text=TextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=3 * width, num_hidden_layers=layers,
-                        num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1), head_dim=64,
-                        mrope_section=(12, 10, 10)),
-        vision=VisionConfig(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=width,
-                            deepstack_visual_indexes=()),
-        image_token_id=vocab - 5, video_token_id=vocab - 4, vision_start_token_id=vocab - 3,
-        vision_end_token_id=vocab - 2, tie_word_embeddings=True,
-    )
+TINY_VISION = VisionConfig(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=0,
+                           deepstack_visual_indexes=())
 
 
-def best_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile / warm up
+def model_config(preset: str, layers: int | None) -> bj.ModelConfig:
+    cfg = bj.preset(preset)
+    text = cfg.text if layers is None else dataclasses.replace(cfg.text, num_hidden_layers=layers)
+    vision = dataclasses.replace(TINY_VISION, out_hidden_size=text.hidden_size)
+    return dataclasses.replace(cfg, text=text, vision=vision)
+
+
+def best_time(fn, repeats: int) -> tuple[object, float]:
+    """(last output, best wall seconds of `repeats` calls after a warm-up call)."""
+    out = jax.block_until_ready(fn())
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn())
+        out = jax.block_until_ready(fn())
         best = min(best, time.perf_counter() - t0)
-    return best
+    return out, best
 
 
 @jax.jit
@@ -63,56 +70,119 @@ def _bare_forward(model, tokens_bt, positions_3bt, carry):
     return diffusion._forward_block(net, model.params, tokens_bt, positions_3bt, carry)
 
 
-def bare_forward(model, inputs, sc: bj.SamplingConfig):
-    """A call of one forward of a [B, b] block against the loop's full-length cache (all slots valid)."""
-    carry, next_pos, _ = diffusion._prefill_jit(model, inputs, cfg=sc.prefill_settings())
-    carry = carry.replace(cache_valid=jnp.ones_like(carry.cache_valid))
-    rows = inputs.input_ids.shape[0]
-    tokens = jnp.full((rows, sc.block_size), sc.mask_token_id, jnp.int32)
-    positions = jnp.broadcast_to(next_pos[None, :, None] + jnp.arange(sc.block_size), (3, rows, sc.block_size))
-    return lambda: _bare_forward(model, tokens, positions, carry)
+class BareCosts:
+    """Seconds of one bare forward per shape at one batch size, measured once each: T tokens against the full cache
+    (`forward(T)`), and the prefill with or without the first block riding along (`prefill(b, fold)`)."""
+
+    def __init__(self, model, ids, new: int, repeats: int):
+        self.model, self.ids, self.new, self.repeats = model, ids, new, repeats
+        self.inputs = prepare(model, ids, None, None, None, None, None, None)
+        self._cache: dict = {}
+
+    def _carry(self, b: int):
+        sc = bj.SamplingConfig(max_new_tokens=self.new, block_size=b, commit="forward", mask_token_id=1,
+                               eos_token_id=2)
+        carry, next_pos, _ = diffusion._prefill_jit(self.model, self.inputs, cfg=sc.prefill_settings())
+        return carry.replace(cache_valid=jnp.ones_like(carry.cache_valid)), next_pos
+
+    def forward(self, t: int) -> float:
+        if ("forward", t) not in self._cache:
+            carry, next_pos = self._carry(4)
+            rows = self.ids.shape[0]
+            tokens = jnp.ones((rows, t), jnp.int32)
+            positions = jnp.broadcast_to(next_pos[None, :, None] + jnp.arange(t), (3, rows, t))
+            self._cache["forward", t] = best_time(lambda: _bare_forward(self.model, tokens, positions, carry),
+                                                  max(self.repeats, 2))[1]
+        return self._cache["forward", t]
+
+    def prefill(self, b: int, fold: bool) -> float:
+        if ("prefill", b, fold) not in self._cache:
+            sc = bj.SamplingConfig(max_new_tokens=self.new, block_size=b, commit="fold" if fold else "forward",
+                                   mask_token_id=1, eos_token_id=2)
+            self._cache["prefill", b, fold] = best_time(
+                lambda: diffusion._prefill_jit(self.model, self.inputs, cfg=sc.prefill_settings()),
+                max(self.repeats, 2))[1]
+        return self._cache["prefill", b, fold]
+
+    def schedule(self, sc: bj.SamplingConfig) -> float:
+        """The summed bare cost of the forwards `sc` runs when every row decodes every block with every step."""
+        b, n, s = sc.block_size, sc.num_blocks, sc.denoising_steps
+        if sc.commit == "fold":  # the prefill carries block 0's first step; blocks 1.. start with a 2b forward
+            return self.prefill(b, True) + (n - 1) * self.forward(2 * b) + n * (s - 1) * self.forward(b)
+        commits = n if sc.commit == "forward" else 0
+        return self.prefill(b, False) + (n * s + commits) * self.forward(b)
+
+
+def parse_settings(text: str) -> list[tuple[int, int, bool]]:
+    """"4/1,32/10d" -> [(block, steps, dynamic)]."""
+    out = []
+    for item in text.split(","):
+        dynamic = item.endswith("d")
+        b, s = item.rstrip("d").split("/")
+        out.append((int(b), int(s), dynamic))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--preset", default="2B")
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers of the preset's width")
     ap.add_argument("--prompt", type=int, default=64)
-    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--blocks", default="4,8,16,32")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--settings", default="4/1,4/2,32/8,32/10d",
+                    help="block/steps, comma separated; a trailing d: dynamic strategy at threshold 0.5")
+    ap.add_argument("--commits", default="fold,forward,reuse")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
-    cfg = model_config(args.width, args.layers, args.vocab)
+    cfg = model_config(args.preset, args.layers)
+    t = cfg.text
     model = bj.Model(bj.init_params(cfg, jax.random.key(0)), cfg)
-    eos, mask_id = args.vocab - 1, args.vocab - 6  # never produced by these weights in practice
-    print(f"model: width {args.width}, {args.layers} layers, vocab {args.vocab} (tied); prompt {args.prompt}, "
-          f"{args.new} new tokens; jax {jax.__version__} on {jax.devices()[0].platform} "
-          f"({jax.devices()[0].device_kind})")
-    print("| batch | decoder | tokens/s | forwards | loop ms/forward | bare ms/forward | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    vocab = t.vocab_size
+    eos, mask_id = vocab - 1, vocab - 6  # never produced by these weights in practice
+    print(f"model: {args.preset} text shape (width {t.hidden_size}, {t.num_hidden_layers} layers, vocab {vocab}, "
+          f"tied head), float32 random weights; prompt {args.prompt}, {args.new} new tokens; jax {jax.__version__} "
+          f"on {jax.devices()[0].platform} ({jax.devices()[0].device_kind})", flush=True)
+    print("| batch | decoder | commit | tokens/s | vs AR | forwards | tokens processed per row | ms per forward | "
+          "bound vs AR | of bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for batch in (int(x) for x in args.batches.split(",")):
-        ids = np.random.default_rng(0).integers(0, args.vocab - 10, (batch, args.prompt)).astype(np.int32)
+        ids = np.random.default_rng(0).integers(0, vocab - 10, (batch, args.prompt)).astype(np.int32)
+        bare = BareCosts(model, ids, args.new, args.repeats)
         ar = ARConfig(max_new_tokens=args.new, eos_token_id=eos)
-        secs = best_time(lambda ar=ar, ids=ids: generate_ar(model, ids, ar).tokens, args.repeats)
-        print(f"| {batch} | AR (KV cache) | {batch * args.new / secs:.1f} | {args.new} | "
-              f"{secs / args.new * 1e3:.2f} | | |", flush=True)
-        for b in (int(x) for x in args.blocks.split(",")):
-            sc = bj.SamplingConfig(max_new_tokens=args.new, block_size=b, denoising_steps=max(b // 4, 1),
-                                   strategy="low_confidence_static", mask_token_id=mask_id, eos_token_id=eos)
-            out = bj.generate(model, ids, sc)  # compile
-            bare_call = bare_forward(model, prepare(model, ids, None, None, None, None, None, None), sc)
-            # Alternate the two measurements, so that a slow stretch of a shared machine hits both alike.
-            loop = bare = float("inf")
-            for _ in range(args.repeats):
-                out = bj.generate(model, ids, sc)
-                loop = min(loop, out.stats["decode_seconds"])
-                bare = min(bare, best_time(bare_call, 4))
-            forwards = int(out.stats["nfe"][0]) - 1  # all rows run every forward here
-            per = loop / forwards
-            print(f"| {batch} | block {b}, {sc.denoising_steps} steps | {batch * args.new / loop:.1f} | {forwards} | "
-                  f"{per * 1e3:.2f} | {bare * 1e3:.2f} | {per / bare:.2f} |", flush=True)
+        out, ar_secs = best_time(lambda ar=ar, ids=ids: generate_ar(model, ids, ar), args.repeats)
+        ar_forwards = int(out.stats["nfe"])
+        one = bare.forward(1)
+        row = {"batch": batch, "decoder": "AR", "commit": None, "tokens_per_second": batch * args.new / ar_secs,
+               "forwards": ar_forwards, "ms_per_forward": ar_secs / ar_forwards * 1e3, "bare_1_token_ms": one * 1e3}
+        rows.append(row)
+        print(f"| {batch} | AR (KV cache) | | {row['tokens_per_second']:.2f} | 1.00x | {ar_forwards} | "
+              f"{args.prompt + args.new - 1} | {row['ms_per_forward']:.0f} (bare 1-token forward {one * 1e3:.0f}) "
+              "| | |", flush=True)
+        for b, s, dynamic in parse_settings(args.settings):
+            for commit in args.commits.split(","):
+                sc = bj.SamplingConfig(max_new_tokens=args.new, block_size=b, denoising_steps=s,
+                                       strategy="low_confidence_dynamic" if dynamic else "low_confidence_static",
+                                       confidence_threshold=0.5, mask_token_id=mask_id, eos_token_id=eos,
+                                       commit=commit)
+                out, secs = best_time(lambda sc=sc, ids=ids: bj.generate(model, ids, sc), args.repeats)
+                forwards = int(out.stats["nfe"][0])
+                bound = ar_secs / bare.schedule(sc)
+                name = f"block {b}, {'dynamic 0.5, ' if dynamic else ''}{s} step{'s' if s > 1 else ''}"
+                row = {"batch": batch, "decoder": name, "commit": commit,
+                       "tokens_per_second": batch * args.new / secs, "vs_ar": ar_secs / secs, "forwards": forwards,
+                       "tokens_processed": int(out.stats["tokens_processed"][0]),
+                       "ms_per_forward": secs / forwards * 1e3, "bound_vs_ar": bound,
+                       "of_bound": ar_secs / secs / bound}
+                rows.append(row)
+                print(f"| {batch} | {name} | {commit} | {row['tokens_per_second']:.2f} | {row['vs_ar']:.2f}x | "
+                      f"{forwards} | {row['tokens_processed']} | {row['ms_per_forward']:.0f} | {bound:.2f}x | "
+                      f"{row['of_bound']:.2f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "jax": jax.__version__, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

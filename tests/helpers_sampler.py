@@ -195,7 +195,9 @@ def reference_choice(logits: np.ndarray, cfg, key) -> tuple[np.ndarray, np.ndarr
 class Reference(NamedTuple):
     tokens: np.ndarray  # [N*b]: unreached blocks hold the mask id
     counts: np.ndarray  # [N] denoising forwards per block
-    nfe: int  # prefill + denoising forwards + commit forwards (commit="forward": one per block without EOS)
+    nfe: int  # forwards: "forward": prefill + denoising + one commit per block without EOS; "reuse": no commits;
+    # "fold": denoising forwards only (the prefill and the commits ride on them)
+    tokens_processed: int  # prompt + b per denoising forward + b per committed block
     generated_tokens: int  # up to and including the first EOS
     tokens_per_forward: float
     draws: dict  # summed `reference_choice` info over every step
@@ -223,8 +225,8 @@ def reference_generate(model, prompt, cfg: bj.SamplingConfig, *, pixel_values=No
     concatenated layout, named as `bj.generate` names it.
 
     Key schedule (temperature > 0): one key (`rng`, None -> jax.random.key(0)), split as `key, sub` before every
-    denoising forward; `sub` draws the block's noise. commit="forward": later blocks see a finished block's final
-    tokens; commit="reuse": the tokens it had at the input of its last denoising forward (the cache keeps that
+    denoising forward; `sub` draws the block's noise. commit="fold" and "forward": later blocks see a finished
+    block's final tokens (the two differ only in how many forwards they take); commit="reuse": the tokens it had at the input of its last denoising forward (the cache keeps that
     forward's K/V; with block-causal attention a full forward of those ids recomputes exactly them).
 
     cfg.shift_labels: block position i reads the logits at context position len(context) + i - 1 (position 0: the
@@ -266,6 +268,10 @@ def reference_generate(model, prompt, cfg: bj.SamplingConfig, *, pixel_values=No
     upto = len(tokens) if not is_eos.any() else int(np.argmax(is_eos)) + 1
     generated = int((tokens[:upto] != cfg.mask_token_id).sum())
     forwards = sum(counts)
-    return Reference(tokens, np.array(counts + [0] * (cfg.num_blocks - len(counts))),
-                     1 + forwards + (commits if cfg.commit == "forward" else 0), generated,
-                     generated / max(forwards, 1), draws)
+    if cfg.commit == "fold":  # a block is committed only when another block follows it
+        commits = len(counts) - 1
+    elif cfg.commit == "reuse":
+        commits = 0
+    nfe = forwards if cfg.commit == "fold" else 1 + forwards + commits
+    return Reference(tokens, np.array(counts + [0] * (cfg.num_blocks - len(counts))), nfe,
+                     len(prompt) + b * (forwards + commits), generated, generated / max(forwards, 1), draws)

@@ -133,7 +133,9 @@ def test_export_marker_records_the_training_and_still_loads(tiny, tmp_path):
 CASES = [
     # (strategy, steps, threshold, commit, sampled)
     ("low_confidence_static", 4, 0.9, "forward", False),  # one token per step, greedy
+    ("low_confidence_dynamic", 2, 0.6, "fold", False),
     ("low_confidence_dynamic", 2, 0.6, "forward", False),
+    ("low_confidence_static", 2, 0.9, "fold", True),
     ("low_confidence_static", 3, 0.9, "reuse", False),
     pytest.param("low_confidence_dynamic", 4, 0.6, "reuse", True, marks=pytest.mark.slow),
 ]
@@ -189,11 +191,11 @@ def test_no_shift_path_carries_nothing_and_shift_carries_the_prompt_logits():
         bj.SamplingConfig(shift_labels=1)
 
 
-def test_shifted_batched_rows_equal_rows_decoded_alone():
-    # commit="forward" only: with "reuse" a row that finishes its block before the others takes the K/V (and, with
-    # the shift, the last-position logits) of the batch's last denoising forward, so rows are not independent of
-    # their batch there, with or without the shift.
-    commit = "forward"
+@pytest.mark.parametrize("commit", ["fold", "forward"])
+def test_shifted_batched_rows_equal_rows_decoded_alone(commit):
+    # Not "reuse": there a row that finishes its block before the others takes the K/V (and, with the shift, the
+    # last-position logits) of the batch's last denoising forward, so rows are not independent of their batch there,
+    # with or without the shift.
     model = sharp_model(False, seed=3)
     rng = np.random.default_rng(7)
     prompts = [list(rng.integers(0, 900, n)) for n in (9, 4, 6)]

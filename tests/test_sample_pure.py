@@ -19,7 +19,7 @@ from bard_jax.sampler import diffusion as sampler_impl
 from bard_jax.sampler.ar import ARConfig, generate_ar, sample_ar
 
 SAMPLED = dict(temperature=0.8, top_k=20, top_p=0.9)
-STATS = ("nfe", "block_step_counts", "generated_tokens", "tokens_per_forward")
+STATS = ("nfe", "block_step_counts", "generated_tokens", "tokens_per_forward", "tokens_processed")
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -81,6 +81,7 @@ def assert_matches_reference(result, row: int, ref) -> None:
     np.testing.assert_array_equal(np.asarray(result.tokens[row]), ref.tokens, err_msg=f"row {row}")
     np.testing.assert_array_equal(np.asarray(result.block_step_counts[row]), ref.counts, err_msg=f"row {row}")
     assert int(result.nfe[row]) == ref.nfe and int(result.generated_tokens[row]) == ref.generated_tokens
+    assert int(result.tokens_processed[row]) == ref.tokens_processed
     np.testing.assert_allclose(float(result.tokens_per_forward[row]), ref.tokens_per_forward, rtol=1e-6)
 
 

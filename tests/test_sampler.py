@@ -24,6 +24,11 @@ CASES = [
     pytest.param("low_confidence_dynamic", 4, 2, 0.7, False, "image", {}, marks=pytest.mark.slow),  # suite time
     ("low_confidence_dynamic", 4, 3, 0.8, False, None, SAMPLED),
     ("low_confidence_static", 4, 3, 0.9, False, None, dict(commit="reuse")),
+    # The reference's literal schedule (a commit forward per block): the same tokens as the default "fold".
+    ("low_confidence_dynamic", 4, 4, 0.6, False, None, dict(commit="forward")),
+    pytest.param("low_confidence_dynamic", 4, 3, 0.8, False, None, dict(SAMPLED, commit="forward"),
+                 marks=pytest.mark.slow),
+    pytest.param("low_confidence_dynamic", 4, 2, 0.7, False, "image", dict(commit="forward"), marks=pytest.mark.slow),
     ("low_confidence_dynamic", 4, 2, 0.6, True, "video", {}),
     pytest.param("low_confidence_static", 4, 2, 0.9, False, None, dict(SAMPLED, commit="reuse"),
                  marks=pytest.mark.slow),
@@ -68,8 +73,12 @@ def test_compiled_sampler_equals_python_reference(strategy, b, s, tau, tied, vis
     if vision:  # the pixels, in their order (for a video: the temporal slices swapped, too)
         flipped = {k: v[::-1].copy() if k.startswith("pixel") else v for k, v in pixels.items()}
         assert (reference_generate(model, prompt, cfg, **flipped, rng=key).tokens != ref.tokens).any()
-    # prefill + denoising forwards (+ one commit forward per block with commit="forward"; none with "reuse")
-    assert out.stats["nfe"][0] == ref.nfe == 1 + ref.counts.sum() + (3 if cfg.commit == "forward" else 0)
+    # "forward": prefill + denoising forwards + a commit forward per block; "reuse": no commits; "fold": the prefill
+    # and the two commits (after blocks 0 and 1) ride on denoising forwards.
+    want = {"forward": 1 + ref.counts.sum() + 3, "reuse": 1 + ref.counts.sum(), "fold": ref.counts.sum()}
+    assert out.stats["nfe"][0] == ref.nfe == want[cfg.commit]
+    committed = {"forward": 3, "reuse": 0, "fold": 2}[cfg.commit]
+    assert out.stats["tokens_processed"][0] == ref.tokens_processed == len(prompt) + b * (ref.counts.sum() + committed)
 
 
 def test_batched_rows_equal_rows_decoded_alone_with_eos_in_different_blocks():

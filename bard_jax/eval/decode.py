@@ -28,7 +28,7 @@ class Decoded:
     nfe: int
     generated_tokens: int
     tokens_per_forward: float
-    denoising_forwards: int  # forwards that chose tokens (AR: one per token; diffusion: without prefill / commits)
+    denoising_forwards: int  # forwards that chose tokens (AR: one per token; diffusion: without a separate prefill or commit)
 
 
 def decoder_config(settings: dict[str, Any], mask_id: int, eos_id: int) -> Any:
@@ -42,7 +42,7 @@ def decoder_config(settings: dict[str, Any], mask_id: int, eos_id: int) -> Any:
         max_new_tokens=settings["max_new_tokens"], block_size=settings["block_size"],
         denoising_steps=settings["denoising_steps"], strategy=settings["strategy"],
         confidence_threshold=settings["confidence_threshold"], mask_token_id=mask_id, eos_token_id=eos_id,
-        commit=settings.get("commit") or "forward", shift_labels=bool(settings.get("shift_labels", False)),
+        commit=settings.get("commit") or "fold", shift_labels=bool(settings.get("shift_labels", False)),
     )
 
 

@@ -46,7 +46,7 @@ class RunSettings:
     min_pixels: int | None = DEFAULT_MIN_PIXELS  # None: the checkpoint's own processor settings
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     dtype: str = "bfloat16"
-    commit: str = "forward"  # bj.SamplingConfig.commit: how a finished block's K/V enter the cache
+    commit: str = "fold"  # bj.SamplingConfig.commit: how a finished block's K/V enter the cache
     shift_labels: bool = False  # bj.SamplingConfig.shift_labels: decode a model trained with the label shift
 
     def for_task(self, task_max_new_tokens: int) -> dict[str, Any]:

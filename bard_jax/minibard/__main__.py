@@ -34,7 +34,7 @@ import sys
 import time
 
 MAX_NEW_TOKENS = 64  # the longest answer (5 objects in a list question) is 51 tokens with its EOS
-REFERENCE = {"strategy": "low_confidence_dynamic", "threshold": 0.9, "commit": "forward"}
+REFERENCE = {"strategy": "low_confidence_dynamic", "threshold": 0.9, "commit": "fold"}
 SMOKE_TRAIN = ("--recipe.steps=2", "--recipe.log_every=1", "--recipe.data.synthetic_n=48",
                "--recipe.data.synthetic_eval_n=16", "--recipe.data.global_batch_size=4",
                "--recipe.data.micro_batch_size=4", "--recipe.data.length_buckets=256",

@@ -166,9 +166,9 @@ def sampling_settings(block_size: int, smoke: bool) -> list[dict[str, Any]]:
     (the no-parallelism reference); commit reuse once, at B32. A smoke run keeps only the reference threshold 0.9
     (each setting is one more compile)."""
     dynamic = [{"strategy": "low_confidence_dynamic", "denoising_steps": block_size, "threshold": t,
-                "commit": "forward"} for t in ((0.9,) if smoke else (0.5, 0.7, 0.9, 0.95))]
+                "commit": "fold"} for t in ((0.9,) if smoke else (0.5, 0.7, 0.9, 0.95))]
     static = [{"strategy": "low_confidence_static", "denoising_steps": block_size, "threshold": None,
-               "commit": "forward"}] if block_size == 4 else []
+               "commit": "fold"}] if block_size == 4 else []
     reuse = [{"strategy": "low_confidence_dynamic", "denoising_steps": block_size, "threshold": 0.9,
               "commit": "reuse"}] if block_size == 32 else []
     return static + dynamic + reuse
@@ -176,5 +176,5 @@ def sampling_settings(block_size: int, smoke: bool) -> list[dict[str, Any]]:
 
 def ablation_settings(block_size: int, smoke: bool) -> list[dict[str, Any]]:
     """The reference setting (dynamic, 0.9) and, outside a smoke run, threshold 0.7."""
-    return [{"strategy": "low_confidence_dynamic", "denoising_steps": block_size, "threshold": t, "commit": "forward"}
+    return [{"strategy": "low_confidence_dynamic", "denoising_steps": block_size, "threshold": t, "commit": "fold"}
             for t in ((0.9,) if smoke else (0.7, 0.9))]

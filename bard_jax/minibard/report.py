@@ -160,7 +160,7 @@ def plots(results: dict[str, Any], losses: dict[str, list[tuple[int, float]]], o
     names = sorted({m["name"] for m in results["models"]}, key=lambda n: (n[:3], int(n.split("_b")[1])))
     for name in names:
         pts = sorted((_long(m, "tokens_per_forward"), 100 * _long(m, "exact_match")) for m in results["models"]
-                     if m["name"] == name and m["commit"] == "forward")
+                     if m["name"] == name and m["commit"] != "reuse")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if name.startswith("swd") else "s--", label=name,
                 alpha=0.85)
     ax.axhline(100 * _long(results["ar"], "exact_match"), color="k", lw=1, label="AR (1 token/forward)")

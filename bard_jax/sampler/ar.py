@@ -122,7 +122,8 @@ def _sample_ar_pure(model: Model, inputs, cfg: ARConfig) -> SampleResult:
     made = produced_tokens(out.tokens, eos_token_id=cfg.eos_token_id, mask_token_id=None)
     steps = (jnp.arange(cfg.max_new_tokens)[None, :] < made[:, None]).astype(jnp.int32)
     return SampleResult(tokens=out.tokens, nfe=made, block_step_counts=steps, generated_tokens=made,
-                        tokens_per_forward=jnp.ones(made.shape, jnp.float32))
+                        tokens_per_forward=jnp.ones(made.shape, jnp.float32),
+                        tokens_processed=jnp.sum(mask, axis=-1).astype(jnp.int32) + jnp.maximum(made - 1, 0))
 
 
 _sample_ar_jit = jax.jit(_sample_ar_pure, static_argnames=("cfg",))

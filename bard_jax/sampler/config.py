@@ -10,7 +10,7 @@ from typing import Any
 from bard_jax.errors import InputError
 
 STRATEGIES = ("low_confidence_static", "low_confidence_dynamic")
-COMMITS = ("forward", "reuse")
+COMMITS = ("fold", "forward", "reuse")
 
 
 def _shown(value: Any) -> str:
@@ -78,8 +78,11 @@ class SamplingConfig:
     """Decoding settings (spec section 6).
 
     max_new_tokens is rounded up to a multiple of block_size. denoising_steps is the most forwards per block; the
-    transfer quota of step i splits the block into that many parts, larger parts first. commit="forward" writes the
-    finished block's K/V with one extra forward (the reference); "reuse" keeps the last denoising forward's K/V.
+    transfer quota of step i splits the block into that many parts, larger parts first. commit says how a finished
+    block's K/V enter the cache: "fold" (default) computes them in the forward that starts the next block (that
+    forward runs both blocks; the prefill likewise runs the first block's first step), "forward" with one extra
+    forward of their own (the reference's schedule; same tokens as "fold"), "reuse" keeps the last denoising
+    forward's K/V (no extra work, different tokens).
     shift_labels=True decodes a model trained with the label shift (`ObjectiveConfig.shift_labels`): the prediction
     for block position i is read from the logits at i - 1, and for position 0 from the logits of the last context
     token before the block (the last prompt token for the first block); the default False is the reference.
@@ -97,7 +100,7 @@ class SamplingConfig:
     top_p: float = 1.0
     mask_token_id: int = 151671
     eos_token_id: int = 151645
-    commit: str = "forward"
+    commit: str = "fold"
     shift_labels: bool = False
 
     def __post_init__(self) -> None:
@@ -122,12 +125,13 @@ class SamplingConfig:
         check.raise_problems()
 
     def prefill_settings(self) -> SamplingConfig:
-        """The settings the prompt prefill depends on (block layout, mask id, and with the label shift the logits of
-        the last prompt token); the rest set to defaults, so every setting with the same layout shares one compiled
-        prefill."""
+        """The settings the prompt prefill depends on (block layout, mask id, whether the first block's first step
+        rides along ("fold"), and with the label shift the logits of the last prompt token); the rest set to
+        defaults, so every setting with the same layout shares one compiled prefill."""
         return SamplingConfig(max_new_tokens=self.num_blocks * self.block_size, block_size=self.block_size,
                               denoising_steps=1, mask_token_id=self.mask_token_id,
-                              eos_token_id=1 if self.mask_token_id == 0 else 0, shift_labels=self.shift_labels)
+                              eos_token_id=1 if self.mask_token_id == 0 else 0,
+                              commit="fold" if self.commit == "fold" else "forward", shift_labels=self.shift_labels)
 
     def decode_settings(self) -> SamplingConfig:
         """The settings compiled into the decode loop: all but the confidence threshold, which the sampler passes

@@ -15,10 +15,15 @@ class SampleResult:
     """Tokens and decode statistics per row.
 
     tokens: [B, N*b] int32; after a row's EOS its later blocks hold the mask id (the AR decoder: EOS repeats).
-    nfe: [B] int32 forwards the row needed: the prefill, its denoising forwards and its commit forwards.
+    nfe: [B] int32 forwards the row needed. Block diffusion: the prefill, its denoising forwards and its commit
+      forwards, where commit="fold" has neither a prefill nor commits of their own (they ride on denoising forwards)
+      and "reuse" no commits. AR: one per token (the prefill gives the first).
     block_step_counts: [B, N] int32 denoising forwards per block (0 for blocks after the row's EOS).
     generated_tokens: [B] int32 decoded tokens up to and including the first EOS.
     tokens_per_forward: [B] float32 generated_tokens / denoising forwards.
+    tokens_processed: [B] int32 the row's tokens that went through the model: its real prompt tokens, b per
+      denoising forward and b per committed block (in a forward of its own or folded into the next block's first);
+      AR: the prompt and each generated token but the last.
     """
 
     tokens: jax.Array
@@ -26,6 +31,7 @@ class SampleResult:
     block_step_counts: jax.Array
     generated_tokens: jax.Array
     tokens_per_forward: jax.Array
+    tokens_processed: jax.Array
 
 
 def produced_tokens(tokens_bn: jax.Array, *, eos_token_id: int, mask_token_id: int | None) -> jax.Array:
@@ -36,15 +42,18 @@ def produced_tokens(tokens_bn: jax.Array, *, eos_token_id: int, mask_token_id: i
     return jnp.sum(decoded, axis=-1).astype(jnp.int32)
 
 
-def summarize(tokens_bn: jax.Array, steps_bn: jax.Array, commits_b: jax.Array, *, eos_token_id: int,
-              mask_token_id: int | None) -> SampleResult:
-    """The result of a decode: `steps_bn` denoising forwards per block, `commits_b` commit forwards, one prefill."""
+def summarize(tokens_bn: jax.Array, steps_bn: jax.Array, commits_b: jax.Array, prompt_tokens_b: jax.Array, *,
+              block_size: int, fold: bool, eos_token_id: int, mask_token_id: int | None) -> SampleResult:
+    """The result of a block decode: `steps_bn` denoising forwards per block, `commits_b` blocks committed (`fold`:
+    inside denoising forwards, so neither they nor the prefill count as forwards of their own)."""
     denoising = jnp.sum(steps_bn, axis=-1).astype(jnp.int32)
     made = produced_tokens(tokens_bn, eos_token_id=eos_token_id, mask_token_id=mask_token_id)
+    nfe = denoising if fold else 1 + denoising + commits_b
     return SampleResult(
         tokens=tokens_bn,
-        nfe=(1 + denoising + commits_b).astype(jnp.int32),
+        nfe=nfe.astype(jnp.int32),
         block_step_counts=steps_bn.astype(jnp.int32),
         generated_tokens=made,
         tokens_per_forward=made.astype(jnp.float32) / jnp.maximum(denoising, 1).astype(jnp.float32),
+        tokens_processed=(prompt_tokens_b + block_size * (denoising + commits_b)).astype(jnp.int32),
     )
