@@ -11,8 +11,9 @@ virtualenv. The two halves share a work directory:
 Half 1 builds a random BARD-VL model with the reference's own class (seeded), saves it to W/checkpoint with
 `save_pretrained`, decodes random text prompts with its `generate()` (one prompt per call: the only batch size it
 supports) and writes the tokens and wall times to W/reference.json. Half 2 loads W/checkpoint with
-`bj.load_pretrained`, decodes the same prompts with `bj.generate` one at a time and all in one batch, checks that
-its tokens equal the reference's, and prints the table. Both run in float32; timings are the best of `--repeats`
+`bj.load_pretrained`, decodes the same prompts with `bj.generate` one at a time and all in one batch, for each of
+`--commits` (default: "fold", our default, and "forward", the reference's schedule), checks that its tokens equal
+the reference's, and prints the table. Both run in float32; timings are the best of `--repeats`
 calls after a warm-up call (ours: after compilation). Tokens per second count the tokens up to and including the
 first EOS (random weights rarely produce it, so most rows decode all `--new` tokens).
 """
@@ -151,44 +152,64 @@ def run_ours(args) -> None:
     print(f"model: width {args.width}, {args.layers} layers, vocab {args.vocab}; {args.prompts} prompts of "
           f"{args.prompt_len} tokens, {args.new} new tokens; reference torch {ref['torch']} "
           f"({ref['threads']} threads), ours jax {jax.__version__} on {jax.devices()[0].platform}")
-    print("| block | steps | strategy | reference tokens/s | ours, 1 prompt per call | vs reference | ms per forward, "
-          f"reference / ours | ours, {args.prompts} prompts in one batch | vs reference | tokens equal to the "
-          "reference |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| block | steps | strategy | commit | reference tokens/s | ours, 1 prompt per call | vs reference | "
+          f"forwards per prompt, reference / ours | ms per forward, reference / ours | ours, {args.prompts} prompts "
+          "in one batch | vs reference | tokens equal to the reference |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for row in ref["settings"]:
-        sc = bj.SamplingConfig(max_new_tokens=args.new, block_size=row["block_size"],
-                               denoising_steps=row["denoising_steps"], strategy=row["strategy"],
-                               confidence_threshold=row["threshold"], mask_token_id=mask_id, eos_token_id=eos)
-        single_tokens, single_secs, forwards = [], 0.0, 0
-        for i in range(args.prompts):
-            out, secs = best_of(lambda i=i, sc=sc: jax.block_until_ready(bj.generate(model, ids_all[i:i + 1], sc)),
-                                args.repeats)
-            single_tokens.append(np.asarray(out.tokens)[0].tolist())
-            single_secs += secs
-            forwards += int(out.stats["nfe"][0])  # the reference runs the same forwards when the tokens are equal
-        batch_out, batch_secs = best_of(lambda sc=sc: jax.block_until_ready(bj.generate(model, ids_all, sc).tokens),
-                                        args.repeats)
-        batch_tokens = np.asarray(batch_out).tolist()
-        ref_tokens = [p["tokens"] for p in row["prompts"]]
-        equal = sum(a == b for a, b in zip(single_tokens, ref_tokens))
-        equal_batch = sum(a == b for a, b in zip(batch_tokens, ref_tokens))
-        made_single = sum(produced(t, eos) for t in single_tokens)
-        made_batch = sum(produced(t, eos) for t in batch_tokens)
-        tps1, tpsb = made_single / single_secs, made_batch / batch_secs
-        rtps = row["tokens_per_second"]
-        results.append({**{k: row[k] for k in ("block_size", "denoising_steps", "strategy")},
-                        "reference_tokens_per_second": rtps, "ours_single_tokens_per_second": tps1,
-                        "ours_batch_tokens_per_second": tpsb, "equal_single": equal, "equal_batch": equal_batch})
-        ref_secs = sum(p["seconds"] for p in row["prompts"])
-        results[-1].update(forwards=forwards, reference_ms_per_forward=ref_secs / forwards * 1e3,
-                           ours_ms_per_forward=single_secs / forwards * 1e3)
-        print(f"| {row['block_size']} | {row['denoising_steps']} | {row['strategy'][15:]} | {rtps:.1f} | "
-              f"{tps1:.1f} | {tps1 / rtps:.2f}x | {ref_secs / forwards * 1e3:.1f} / {single_secs / forwards * 1e3:.1f} "
-              f"| {tpsb:.1f} | {tpsb / rtps:.2f}x | {equal}/{args.prompts} alone, {equal_batch}/{args.prompts} "
-              f"batched |", flush=True)
+        for commit in args.commits.split(","):
+            results.append(compare(model, ids_all, row, commit, args))
     with open(os.path.join(args.workdir, "ours.json"), "w") as f:
         json.dump(results, f, indent=1)
+
+
+def compare(model, ids_all, row: dict, commit: str, args) -> dict:
+    """One reference setting decoded by ours with `commit`: one prompt per call, then all in one batch; prints the
+    table row and returns its figures."""
+    import jax
+    import numpy as np
+
+    import bard_jax as bj
+
+    mask_id, eos = special_ids(args.vocab)
+    sc = bj.SamplingConfig(max_new_tokens=args.new, block_size=row["block_size"],
+                           denoising_steps=row["denoising_steps"], strategy=row["strategy"],
+                           confidence_threshold=row["threshold"], mask_token_id=mask_id, eos_token_id=eos,
+                           commit=commit)
+    single_tokens, single_secs, forwards, ref_forwards = [], 0.0, 0, 0
+    for i in range(args.prompts):
+        out, secs = best_of(lambda i=i: jax.block_until_ready(bj.generate(model, ids_all[i:i + 1], sc)),
+                            args.repeats)
+        tokens = np.asarray(out.tokens)[0]
+        single_tokens.append(tokens.tolist())
+        single_secs += secs
+        forwards += int(out.stats["nfe"][0])
+        # The reference's forwards when the tokens are equal: its prefill, the same denoising forwards, and a
+        # commit forward after every block without EOS.
+        blocks = int((out.stats["block_step_counts"][0] > 0).sum())
+        ref_forwards += 1 + int(out.stats["denoising_forwards"][0]) + blocks - int((tokens == eos).any())
+    batch_out, batch_secs = best_of(lambda: jax.block_until_ready(bj.generate(model, ids_all, sc).tokens),
+                                    args.repeats)
+    batch_tokens = np.asarray(batch_out).tolist()
+    ref_tokens = [p["tokens"] for p in row["prompts"]]
+    equal = sum(a == b for a, b in zip(single_tokens, ref_tokens))
+    equal_batch = sum(a == b for a, b in zip(batch_tokens, ref_tokens))
+    tps1 = sum(produced(t, eos) for t in single_tokens) / single_secs
+    tpsb = sum(produced(t, eos) for t in batch_tokens) / batch_secs
+    rtps = row["tokens_per_second"]
+    ref_secs = sum(p["seconds"] for p in row["prompts"])
+    result = {**{k: row[k] for k in ("block_size", "denoising_steps", "strategy")}, "commit": commit,
+              "reference_tokens_per_second": rtps, "ours_single_tokens_per_second": tps1,
+              "ours_batch_tokens_per_second": tpsb, "equal_single": equal, "equal_batch": equal_batch,
+              "forwards": forwards, "reference_forwards": ref_forwards,
+              "reference_ms_per_forward": ref_secs / ref_forwards * 1e3,
+              "ours_ms_per_forward": single_secs / forwards * 1e3}
+    print(f"| {row['block_size']} | {row['denoising_steps']} | {row['strategy'][15:]} | {commit} | {rtps:.1f} | "
+          f"{tps1:.1f} | {tps1 / rtps:.2f}x | {ref_forwards / args.prompts:.0f} / {forwards / args.prompts:.0f} | "
+          f"{result['reference_ms_per_forward']:.1f} / {result['ours_ms_per_forward']:.1f} | {tpsb:.1f} | "
+          f"{tpsb / rtps:.2f}x | {equal}/{args.prompts} alone, {equal_batch}/{args.prompts} batched |", flush=True)
+    return result
 
 
 def main() -> None:
@@ -203,6 +224,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--commits", default="fold,forward", help="our commit modes to compare (ours half)")
     ap.add_argument("--untied", dest="tied", action="store_false", help="a separate output head (default: tied to "
                     "the embedding table)")
     args = ap.parse_args()

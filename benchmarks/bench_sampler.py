@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 
@@ -64,15 +65,30 @@ def best_time(fn, repeats: int) -> tuple[object, float]:
     return out, best
 
 
-@jax.jit
-def _bare_forward(model, tokens_bt, positions_3bt, carry):
+@functools.partial(jax.jit, static_argnames=("head", "times"))
+def _bare_forwards(model, tokens_bt, positions_3bt, carry, head, times):
+    """The loop's forward `times` times in a row inside one program (each input depends on the last output, so
+    nothing is shared or reordered); only the last `head` positions go through the output head (0: none, as in a
+    commit forward, whose logits nothing reads)."""
     net = network(model.config, None, "none", True)
-    return diffusion._forward_block(net, model.params, tokens_bt, positions_3bt, carry)
+    block = jnp.full(tokens_bt.shape, diffusion.CURRENT_BLOCK, jnp.int32)
+    t = tokens_bt.shape[1]
+
+    def once(_, tokens):
+        logits, (k, _) = diffusion._forward(net, model.params, tokens, positions_3bt, block, carry,
+                                            logits_from=t - head)
+        out = logits[:, :, 0].sum() if head else k.sum()
+        return tokens + (out > 1e30).astype(tokens.dtype)  # an input that depends on the output, nothing more
+
+    return jax.lax.fori_loop(0, times, once, tokens_bt)
 
 
 class BareCosts:
     """Seconds of one bare forward per shape at one batch size, measured once each: T tokens against the full cache
-    (`forward(T)`), and the prefill with or without the first block riding along (`prefill(b, fold)`)."""
+    with the last `head` of them through the output head (`forward(T, head)`: what one more such forward adds to a
+    compiled loop of them, so work done once per program, like laying out the tied head, is not counted per
+    forward, as the decode loop does not pay it per forward either), and the prefill with or without the first
+    block riding along (`prefill(b, fold)`, one call)."""
 
     def __init__(self, model, ids, new: int, repeats: int):
         self.model, self.ids, self.new, self.repeats = model, ids, new, repeats
@@ -85,32 +101,33 @@ class BareCosts:
         carry, next_pos, _ = diffusion._prefill_jit(self.model, self.inputs, cfg=sc.prefill_settings())
         return carry.replace(cache_valid=jnp.ones_like(carry.cache_valid)), next_pos
 
-    def forward(self, t: int) -> float:
-        if ("forward", t) not in self._cache:
+    def forward(self, t: int, head: int) -> float:
+        if ("forward", t, head) not in self._cache:
             carry, next_pos = self._carry(4)
             rows = self.ids.shape[0]
             tokens = jnp.ones((rows, t), jnp.int32)
             positions = jnp.broadcast_to(next_pos[None, :, None] + jnp.arange(t), (3, rows, t))
-            self._cache["forward", t] = best_time(lambda: _bare_forward(self.model, tokens, positions, carry),
-                                                  max(self.repeats, 2))[1]
-        return self._cache["forward", t]
+            times = {n: best_time(lambda n=n: _bare_forwards(self.model, tokens, positions, carry, head=head,
+                                                             times=n), self.repeats)[1] for n in (1, 3)}
+            self._cache["forward", t, head] = (times[3] - times[1]) / 2
+        return self._cache["forward", t, head]
 
     def prefill(self, b: int, fold: bool) -> float:
         if ("prefill", b, fold) not in self._cache:
             sc = bj.SamplingConfig(max_new_tokens=self.new, block_size=b, commit="fold" if fold else "forward",
                                    mask_token_id=1, eos_token_id=2)
             self._cache["prefill", b, fold] = best_time(
-                lambda: diffusion._prefill_jit(self.model, self.inputs, cfg=sc.prefill_settings()),
-                max(self.repeats, 2))[1]
+                lambda: diffusion._prefill_jit(self.model, self.inputs, cfg=sc.prefill_settings()), self.repeats)[1]
         return self._cache["prefill", b, fold]
 
     def schedule(self, sc: bj.SamplingConfig) -> float:
         """The summed bare cost of the forwards `sc` runs when every row decodes every block with every step."""
         b, n, s = sc.block_size, sc.num_blocks, sc.denoising_steps
+        step = self.forward(b, b)
         if sc.commit == "fold":  # the prefill carries block 0's first step; blocks 1.. start with a 2b forward
-            return self.prefill(b, True) + (n - 1) * self.forward(2 * b) + n * (s - 1) * self.forward(b)
-        commits = n if sc.commit == "forward" else 0
-        return self.prefill(b, False) + (n * s + commits) * self.forward(b)
+            return self.prefill(b, True) + (n - 1) * self.forward(2 * b, b) + n * (s - 1) * step
+        commits = n * self.forward(b, 0) if sc.commit == "forward" else 0.0
+        return self.prefill(b, False) + n * s * step + commits
 
 
 def parse_settings(text: str) -> list[tuple[int, int, bool]]:
@@ -154,7 +171,7 @@ def main() -> None:
         ar = ARConfig(max_new_tokens=args.new, eos_token_id=eos)
         out, ar_secs = best_time(lambda ar=ar, ids=ids: generate_ar(model, ids, ar), args.repeats)
         ar_forwards = int(out.stats["nfe"])
-        one = bare.forward(1)
+        one = bare.forward(1, 1)
         row = {"batch": batch, "decoder": "AR", "commit": None, "tokens_per_second": batch * args.new / ar_secs,
                "forwards": ar_forwards, "ms_per_forward": ar_secs / ar_forwards * 1e3, "bare_1_token_ms": one * 1e3}
         rows.append(row)

@@ -226,8 +226,9 @@ def reference_generate(model, prompt, cfg: bj.SamplingConfig, *, pixel_values=No
 
     Key schedule (temperature > 0): one key (`rng`, None -> jax.random.key(0)), split as `key, sub` before every
     denoising forward; `sub` draws the block's noise. commit="fold" and "forward": later blocks see a finished
-    block's final tokens (the two differ only in how many forwards they take); commit="reuse": the tokens it had at the input of its last denoising forward (the cache keeps that
-    forward's K/V; with block-causal attention a full forward of those ids recomputes exactly them).
+    block's final tokens (the two differ only in how many forwards they take); commit="reuse": the tokens it had at
+    the input of its last denoising forward (the cache keeps that forward's K/V; with block-causal attention a full
+    forward of those ids recomputes exactly them).
 
     cfg.shift_labels: block position i reads the logits at context position len(context) + i - 1 (position 0: the
     last context token's, which with commit="reuse" is the input of the previous block's last denoising forward).

@@ -28,7 +28,7 @@ class Decoded:
     nfe: int
     generated_tokens: int
     tokens_per_forward: float
-    denoising_forwards: int  # forwards that chose tokens (AR: one per token; diffusion: without a separate prefill or commit)
+    denoising_forwards: int  # forwards that chose tokens (AR: one per token; diffusion: no separate prefill/commit)
 
 
 def decoder_config(settings: dict[str, Any], mask_id: int, eos_id: int) -> Any:

@@ -83,7 +83,9 @@ class Carry:
 
 
 def _block_info(block_bt: jax.Array) -> TokenInfo:
-    return TokenInfo(block=block_bt, kind=jnp.full(block_bt.shape, PLAIN, jnp.int32), valid=jnp.ones(block_bt.shape, bool))
+    """Metadata of response tokens with block ids `block_bt` [B, T] (plain kind, all real)."""
+    return TokenInfo(block=block_bt, kind=jnp.full(block_bt.shape, PLAIN, jnp.int32),
+                     valid=jnp.ones(block_bt.shape, bool))
 
 
 def _forward(net, params, tokens_bt, positions_3bt, block_bt, carry: Carry, logits_from: int = 0):
