@@ -15,3 +15,7 @@ class BardError(Exception):
 
 class InputError(BardError, ValueError):
     """An argument of a public function that cannot be used as given (shape, dtype, range, type)."""
+
+
+class TrainingError(BardError, RuntimeError):
+    """A training run that cannot start or must stop (bad setup, a workdir in use, non-finite loss)."""

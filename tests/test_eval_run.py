@@ -321,3 +321,53 @@ def test_the_cli_keeps_the_synthetic_tasks_own_image_sizes_unless_told():
     assert pixel_range(["synthetic"], 4096, None) == (4096, None)
     assert pixel_range(["mme"], None, None) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)  # the release's range
     assert pixel_range(["mme", "synthetic"], None, 1 << 20) == (DEFAULT_MIN_PIXELS, 1 << 20)
+
+
+def test_an_out_is_tied_to_the_model_and_its_weights(ckpt, data_root, baseline, tmp_path, capsys):
+    """A rerun into the OUT of an earlier evaluation is refused when the model at that path was retrained since
+    (other weights, same path), and so is a run of another model into it: nothing in OUT changes."""
+    def error_of(argv) -> str:
+        assert run_cli(argv) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1, errors
+        return errors[0]
+
+    model = tmp_path / "model"
+    shutil.copytree(ckpt, model)
+    held = tmp_path / "held"
+    shutil.copytree(baseline[0], held)
+    for task in ("mmmu_val", "chartqa"):  # the same evaluation, recorded as of the copied model's path
+        path = held / task / "run.json"
+        state = json.loads(path.read_text())
+        assert len(state["settings"]["model_digest"]) == 16
+        state["settings"]["model"] = str(model)
+        path.write_text(json.dumps(state))
+    before = snapshot(held)
+    # Same path, same contents: it resumes (nothing left to decode), so the check lets it through.
+    assert run_cli(run_args(str(model), data_root, held, "chartqa")) == 0
+    assert snapshot(held)["chartqa/samples.jsonl"] == before["chartqa/samples.jsonl"]
+    before = snapshot(held)
+    # "Retrained": the largest weights file at the same path now holds other bytes.
+    weights = max((os.path.join(d, f) for d, _, fs in os.walk(model / "params") for f in fs), key=os.path.getsize)
+    data = bytearray(open(weights, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(weights, "wb").write(bytes(data))
+    msg = error_of(run_args(str(model), data_root, held, "chartqa"))
+    assert f"holds results of {model} when it held other weights" in msg and "digest" in msg
+    # Another model into the same OUT, for another task: refused, both named.
+    msg = error_of(run_args(ckpt, data_root, held, "realworldqa"))
+    assert f"holds results of another model ({model}" in msg and f"evaluates {ckpt}" in msg
+    assert snapshot(held) == before
+
+
+def test_the_weights_digest_reads_contents_not_paths_or_times(ckpt, tmp_path):
+    from bard_jax.hf.digest import weights_digest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ckpt, copy)
+    assert weights_digest(copy) == weights_digest(ckpt)
+    config = copy / "bard_jax_config.json"
+    os.utime(config, (0, 0))
+    assert weights_digest(copy) == weights_digest(ckpt)
+    config.write_text(config.read_text() + " ")
+    assert weights_digest(copy) != weights_digest(ckpt)

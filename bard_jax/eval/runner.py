@@ -30,8 +30,9 @@ from bard_jax.eval.errors import EvalError
 from bard_jax.eval.prompts import answer_text, chat_messages, special_ids
 from bard_jax.eval.results import write_results
 from bard_jax.eval.samples import SamplesWriter, read_samples
-from bard_jax.eval.settings import SAMPLES_FILE, RunSettings, check_resumable, write_run_file
+from bard_jax.eval.settings import SAMPLES_FILE, RunSettings, check_resumable, check_same_model, write_run_file
 from bard_jax.eval.task import Task
+from bard_jax.hf.digest import weights_digest
 
 WINDOW_BATCHES = 16  # batches per sorting window: enough to group similar prompts, few images held at once
 
@@ -189,16 +190,19 @@ def check_inputs(settings: RunSettings, root: str, tasks: list[Task], out: str) 
         split_files(root, task)  # names the expected directory / files when the dataset is missing
     if os.path.exists(out) and not os.path.isdir(out):
         raise EvalError(f"--out {out} exists and is not a directory")
-    per_task = {}
-    for task in tasks:
-        per_task[task.name] = settings.for_task(task.max_new_tokens)
-        decode.decoder_config(per_task[task.name], mask_id=1, eos_id=0)  # a bad setting fails before the weights
-        check_resumable(os.path.join(out, task.name), per_task[task.name])
-        read_samples(os.path.join(out, task.name, SAMPLES_FILE))  # a corrupt line is named before the weights load
     try:
         hf.check_weights_dir(settings.model)
     except BardError as e:
         raise EvalError(f"--model: {e}") from None
+    digest = weights_digest(settings.model)  # a resume needs the same weights, not only the same path
+    per_task = {}
+    for task in tasks:
+        per_task[task.name] = settings.for_task(task.max_new_tokens, digest)
+        decode.decoder_config(per_task[task.name], mask_id=1, eos_id=0)  # a bad setting fails before the weights
+    check_same_model(out, next(iter(per_task.values())))
+    for task in tasks:
+        check_resumable(os.path.join(out, task.name), per_task[task.name])
+        read_samples(os.path.join(out, task.name, SAMPLES_FILE))  # a corrupt line is named before the weights load
     return per_task
 
 

@@ -49,8 +49,9 @@ class RunSettings:
     commit: str = "fold"  # bj.SamplingConfig.commit: how a finished block's K/V enter the cache
     shift_labels: bool = False  # bj.SamplingConfig.shift_labels: decode a model trained with the label shift
 
-    def for_task(self, task_max_new_tokens: int) -> dict[str, Any]:
-        """The settings recorded in OUT/<task>/run.json (JSON values; the model as an absolute path).
+    def for_task(self, task_max_new_tokens: int, model_digest: str | None = None) -> dict[str, Any]:
+        """The settings recorded in OUT/<task>/run.json (JSON values; the model as an absolute path and the digest
+        of its contents, `bard_jax.hf.digest.weights_digest`, so that a run resumes only on the same weights).
 
         `shift_labels` is recorded only when on, so a run.json written before the option existed (or without it)
         holds the same settings as a run without the shift and resumes, while a shifted run never mixes with it."""
@@ -58,6 +59,7 @@ class RunSettings:
         shift = {"shift_labels": True} if diffusion and self.shift_labels else {}
         return {
             "model": os.path.abspath(self.model),
+            "model_digest": model_digest,
             "decoder": self.decoder,
             "block_size": self.block_size if diffusion else None,
             "denoising_steps": (self.denoising_steps or self.block_size) if diffusion else None,
@@ -88,6 +90,25 @@ def read_run_file(task_dir: str) -> dict[str, Any] | None:
     if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
         raise EvalError(f"{path}: no settings object; use another --out or remove {task_dir}")
     return state
+
+
+def check_same_model(out: str, settings: dict[str, Any]) -> None:
+    """Refuse (EvalError naming both) when a task directory of OUT holds a run of another model, or of an earlier
+    version of this one (other contents at the same path): OUT's results table describes one model."""
+    if not os.path.isdir(out):
+        return
+    for name in sorted(os.listdir(out)):
+        task_dir = os.path.join(out, name)
+        if not os.path.isfile(os.path.join(task_dir, RUN_FILE)):
+            continue
+        old = read_run_file(task_dir)["settings"]
+        if old.get("model") != settings["model"]:
+            raise EvalError(f"--out {out} holds results of another model ({old.get('model')}, task {name}); this "
+                            f"run evaluates {settings['model']}: use another --out (one per model)")
+        if old.get("model_digest") != settings["model_digest"]:
+            raise EvalError(f"--out {out} holds results of {settings['model']} when it held other weights (task "
+                            f"{name}: digest {old.get('model_digest')}, now {settings['model_digest']}): use another "
+                            f"--out, or remove {out} to evaluate the current weights")
 
 
 def check_resumable(task_dir: str, settings: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from bard_jax.hf.converted import (
     read_converted_config,
     save_converted,
 )
-from bard_jax.hf.dirs import check_output_dir, check_weights_dir
+from bard_jax.hf.dirs import check_export_dir, check_output_dir, check_weights_dir
 from bard_jax.hf.export import export_hf
 from bard_jax.hf.load import HFCheckpoint, ShardingFn, check_checkpoint, load_hf_params, read_hf_config
 from bard_jax.hf.table import (
@@ -39,8 +39,8 @@ from bard_jax.hf.table import (
 
 __all__ = [
     "CONVERTED_MARKER", "CheckpointError", "Entry", "HFCheckpoint", "ShardingFn", "atomic_dir", "canonical_name",
-    "check_checkpoint", "check_output_dir", "check_weights_dir", "clean_stale_temp_dirs", "convert_hf",
-    "copy_side_files", "export_hf", "from_hf_layout", "hf_tensor_order", "is_converted_dir", "load_converted",
-    "load_hf_params", "name_table", "param_shapes", "parse_size", "read_converted_config", "read_hf_config",
-    "resolve_dtype", "save_converted", "to_hf_layout",
+    "check_checkpoint", "check_export_dir", "check_output_dir", "check_weights_dir", "clean_stale_temp_dirs",
+    "convert_hf", "copy_side_files", "export_hf", "from_hf_layout", "hf_tensor_order", "is_converted_dir",
+    "load_converted", "load_hf_params", "name_table", "param_shapes", "parse_size", "read_converted_config",
+    "read_hf_config", "resolve_dtype", "save_converted", "to_hf_layout",
 ]

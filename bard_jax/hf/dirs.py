@@ -3,11 +3,12 @@ conversion may replace (the write itself is `bard_jax.atomic_dir`).
 
     check_weights_dir(path)                              # CheckpointError unless HF or bard_jax weights live there
     check_output_dir(src, dst, overwrite=..., kind="bard_jax" | "hf")   # the command lines' destination guard
+    check_export_dir(dst, kind, writer)                  # the training export's guard
 
-`atomic_dir` replaces whatever is at `dst` (the training export relies on it to replace its own earlier export);
-the two convert commands call `check_output_dir` first, which allows only an empty or missing destination, or,
-with overwrite, an earlier output of the same conversion, recognised by its contents (no marker file is added to
-an HF directory).
+`atomic_dir` replaces whatever is at `dst`; the training export calls `check_export_dir` first (its own earlier
+export may be replaced, nothing else), the two convert commands call `check_output_dir`, which allows only an empty
+or missing destination, or, with overwrite, an earlier output of the same conversion, recognised by its contents (no
+marker file is added to an HF directory).
 """
 
 from __future__ import annotations
@@ -84,6 +85,34 @@ def _foreign_entries(path: str, names: list[str], kind: str) -> list[str]:
     return foreign
 
 
+def _earlier_output(dst: str, kind: str, what: str, advice: str) -> bool:
+    """False for a missing or empty `dst`, True for an earlier output of `kind`; CheckpointError (naming the entries
+    and ending with `advice`) for a file or any other directory. Leftovers of killed writes are cleaned first."""
+    marker = _LAYOUTS[kind][0]
+    clean_stale_temp_dirs(dst)
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise CheckpointError(f"{dst} exists and is not a directory; choose a directory path for the output")
+    names = os.listdir(dst) if os.path.isdir(dst) else []
+    if not names:
+        return False
+    foreign = _foreign_entries(dst, names, kind)
+    if foreign or marker not in names:
+        reason = f"files it does not write: {_describe(dst, foreign)}" if foreign else f"no {marker}"
+        raise CheckpointError(f"{dst} is not empty and not an earlier output of {what} (it holds "
+                              f"{_describe(dst, names)}; {reason}); {advice}")
+    return True
+
+
+def check_export_dir(dst: str | os.PathLike, kind: str, writer: str) -> None:
+    """Raise CheckpointError unless `writer` (a training run) may write its `kind` export to `dst`: a missing or
+    empty directory, or an earlier export of the same kind, which it replaces (a resumed or re-run training exports
+    again). Anything else is the user's and is left alone."""
+    if kind not in _LAYOUTS:
+        raise InputError(f"unknown output kind {kind!r}; expected one of {sorted(_LAYOUTS)}")
+    _earlier_output(os.fspath(dst), kind, f"an export ({_LAYOUTS[kind][1]} writes the same)",
+                    f"{writer} does not replace it: move those files, or set another workdir")
+
+
 def check_output_dir(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool, kind: str) -> None:
     """Raise CheckpointError unless writing the `kind` conversion of `src` to `dst` loses nothing.
 
@@ -95,7 +124,7 @@ def check_output_dir(src: str | os.PathLike, dst: str | os.PathLike, *, overwrit
     """
     if kind not in _LAYOUTS:
         raise InputError(f"unknown output kind {kind!r}; expected one of {sorted(_LAYOUTS)}")
-    marker, what, _ = _LAYOUTS[kind]
+    what = _LAYOUTS[kind][1]
     src, dst = os.fspath(src), os.fspath(dst)
     real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
     if real_dst == real_src:
@@ -106,18 +135,7 @@ def check_output_dir(src: str | os.PathLike, dst: str | os.PathLike, *, overwrit
                               "choose an output directory outside it")
     if _is_within(real_dst, real_src):
         raise CheckpointError(f"{dst} lies inside the source directory {src}; choose an output directory outside it")
-    clean_stale_temp_dirs(dst)
-    if os.path.lexists(dst) and not os.path.isdir(dst):
-        raise CheckpointError(f"{dst} exists and is not a directory; choose a directory path for the output")
-    names = os.listdir(dst) if os.path.isdir(dst) else []
-    if not names:
-        return
-    foreign = _foreign_entries(dst, names, kind)
-    if foreign or marker not in names:
-        reason = f"files it does not write: {_describe(dst, foreign)}" if foreign else f"no {marker}"
-        raise CheckpointError(f"{dst} is not empty and not an earlier output of {what} (it holds "
-                              f"{_describe(dst, names)}; {reason}); it is left untouched, even with --overwrite: "
-                              "choose a new or empty directory, or remove it yourself")
-    if not overwrite:
+    if _earlier_output(dst, kind, what, "it is left untouched, even with --overwrite: choose a new or empty "
+                       "directory, or remove it yourself") and not overwrite:
         raise CheckpointError(f"{dst} holds an earlier output of {what}; pass --overwrite (overwrite=True from "
                               "Python) to replace it, or choose another directory")

@@ -22,7 +22,7 @@ import numpy as np
 
 from bard_jax import cli
 from bard_jax.data.pipeline import StopRequested
-from bard_jax.errors import BardError, InputError
+from bard_jax.errors import InputError, TrainingError
 from bard_jax.train import recipe as recipe_lib
 from bard_jax.train.checkpoint import Checkpointer, abstract_like
 from bard_jax.train.config import TrainConfig, check_train_config
@@ -30,10 +30,7 @@ from bard_jax.train.mesh import resolve_for_mesh, run_mesh
 from bard_jax.train.metrics import MetricsWriter, NonFiniteStep, PendingSteps
 from bard_jax.train.signals import StopFlag
 from bard_jax.train.step import TrainState, init_state
-
-
-class TrainingError(BardError, RuntimeError):
-    """A run that cannot start or must stop (bad setup, non-finite loss)."""
+from bard_jax.train.workdir import WorkdirLock, check_fresh_start, check_workdir_writable
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -63,25 +60,18 @@ def load_config(args: argparse.Namespace, overrides: dict[str, str]) -> TrainCon
     return dataclasses.replace(cfg, workdir=os.path.abspath(workdir))
 
 
-def check_workdir_writable(workdir: str) -> None:
-    """Fail now, not after data generation and weight loading, if the workdir cannot be written: it must be a
-    writable directory, or not exist yet under a writable one. Nothing is created here (a run refused later, for a
-    bad setting, leaves nothing behind)."""
-    existing = workdir
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    problem = None
-    if not os.path.isdir(existing):
-        problem = f"{existing} is not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    if problem:
-        raise TrainingError(f"workdir {workdir} cannot be written: {problem}")
-
-
 def maybe_init_distributed(args: argparse.Namespace) -> None:
     """jax.distributed from flags, or from the environment (JAX_COORDINATOR_ADDRESS etc.)."""
-    if args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    given = [flag for flag, value in (("--num-processes", args.num_processes), ("--process-id", args.process_id))
+             if value is not None]
+    if given and not coordinator:
+        # Without one, each process would train alone on the same workdir.
+        raise InputError(f"{' and '.join(given)} need --coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS): the "
+                         "processes of one run find each other through it")
+    if coordinator and ":" not in coordinator.rsplit("]", 1)[-1]:
+        raise InputError(f"--coordinator {coordinator!r} has no port: pass HOST:PORT (e.g. {coordinator}:12345)")
+    if coordinator:
         # CPU collectives across processes (only affects the CPU backend; must precede backend start-up).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
@@ -110,23 +100,42 @@ def main(argv: list[str] | None = None) -> int:
         return dry_run_lib.run(cfg, mesh, args.device_memory)  # a plan that does not fit raises (exit status 1)
     cfg = resolve_for_mesh(cfg, mesh)
 
+    # --- the workdir: this run's alone from here on (a second launch is refused now, not after its data work)
+    if jax.process_index() == 0:
+        check_workdir_writable(cfg.workdir)
+    lock = WorkdirLock.take(cfg.workdir) if jax.process_index() == 0 else None
+    try:
+        return _run(cfg, mesh)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: TrainConfig, mesh) -> int:
+    """Data, plan, restore or initialise, train, export."""
     from bard_jax.train import setup  # the pieces that touch data, weights and objectives
 
     # --- data, model config, objective
-    if jax.process_index() == 0:
-        check_workdir_writable(cfg.workdir)
     stop = StopFlag()  # its handlers are installed when the loop starts
     # One process alone may give up waiting for data on a stop request; in a multi-process run the others would
     # then wait for it in the next step's collectives forever, so there the request waits for the agreement below.
     run = setup.prepare_run(cfg, stop_event=stop.event if jax.process_count() == 1 else None)
-    model_config = run.model_config
-    resolve_for_mesh(cfg, mesh, setup.head_counts(model_config, run.teacher_config))
+    try:
+        model_config = run.model_config
+        resolve_for_mesh(cfg, mesh, setup.head_counts(model_config, run.teacher_config))
 
-    # --- the step plan: shapes, shardings, batch schema, the step (the dry run builds the same)
-    plan = setup.plan_step(cfg, model_config, run.teacher_config, run.objective, mesh, run.pixel_rows)
+        # --- the step plan: shapes, shardings, batch schema, the step (the dry run builds the same)
+        plan = setup.plan_step(cfg, model_config, run.teacher_config, run.objective, mesh, run.pixel_rows)
+        return _train(cfg, mesh, run, model_config, plan, stop)
+    finally:
+        run.data.close()  # the prefetch thread and any worker processes, on every way out (closing twice is fine)
 
-    # --- state: restore, or init (already sharded)
-    os.makedirs(cfg.workdir, exist_ok=True)
+
+def _train(cfg: TrainConfig, mesh, run, model_config, plan, stop: StopFlag) -> int:
+    """Restore or initialise, train, export."""
+    from bard_jax.train import setup
+
+    setup.check_export_dirs(cfg)
     ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     fingerprint = setup.fingerprint(cfg, model_config)
     restored = ckpt.restore_latest(abstract_like(plan.state, plan.state_shardings), fingerprint)
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         run.data.set_state(meta["data_state"])
         start_step = int(meta["step"])
     else:
+        check_fresh_start(cfg.workdir)
         params = setup.initial_params(cfg, model_config, mesh)
         state = jax.jit(lambda p: init_state(p, plan.tx, cfg.seed), out_shardings=plan.state_shardings)(params)
         del params

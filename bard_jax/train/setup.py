@@ -584,7 +584,17 @@ def training_record(cfg: TrainConfig) -> dict[str, Any]:
     return {"objective": o.kind, "block_size": o.block_size, "shift_labels": bool(o.shift_labels)}
 
 
+def check_export_dirs(cfg: TrainConfig) -> None:
+    """Before training and again before writing: WORKDIR/export (and export_hf) hold nothing but an earlier export
+    of this kind, which the export replaces (a user's files there are never deleted)."""
+    writer = f"the training run of {cfg.workdir}"
+    hf.check_export_dir(os.path.join(cfg.workdir, "export"), "bard_jax", writer)
+    if cfg.export_hf:
+        hf.check_export_dir(os.path.join(cfg.workdir, "export_hf"), "hf", writer)
+
+
 def _write_export(cfg: TrainConfig, model_config: ModelConfig, params: Any, run: Run) -> None:
+    check_export_dirs(cfg)  # the user may have put something there while the run trained
     init = resolve_weights(cfg.model.init_from)
     raw = raw_config_of_dir(init) if init else None
     params = jax.device_get(params)
