@@ -270,3 +270,27 @@ def test_bad_counts_are_errors(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.splitlines()[0].startswith("python -m bard_jax.data.synthetic: error: synthetic data needs at "
                                                "least 1 training sample (--n")
+
+
+def test_an_over_long_line_is_skipped_from_its_byte_length_before_it_is_read(data, tmp_path, monkeypatch):
+    """One line far longer than any sample of the largest bucket can be: skipped by the size the index gives, never
+    read, parsed or tokenised (not once per pass either); the other records train as usual."""
+    from bard_jax.data.jsonl_records import JsonlRecords, open_records
+
+    lines = open(os.path.join(data, "train.jsonl")).read().splitlines()
+    huge = json.loads(lines[3])
+    huge["messages"][-1]["content"][0]["text"] = "word " * 400_000  # 2 MB of text
+    lines[3] = json.dumps(huge)
+    shard = tmp_path / "train.jsonl"
+    shard.write_text("\n".join(lines) + "\n")
+    records = open_records(str(shard))
+    read = []
+    raw = JsonlRecords.raw
+    monkeypatch.setattr(JsonlRecords, "raw", lambda self, i: read.append(i) or raw(self, i))
+    stream = make_stream(data, records)
+    assert stream.max_line_bytes < records.line_bytes(3) and records.line_bytes(2) < stream.max_line_bytes
+    for _ in range(2 * len(lines) // 8 + 1):  # more than two passes over the records
+        assert stream.next_batch()["input_ids"].shape[0] == 8
+    assert 3 not in read and len(set(read)) == len(lines) - 1
+    reasons = [r for r in stream.skipped if "bytes is longer than any sample" in r]
+    assert len(reasons) == 1 and stream.skipped[reasons[0]] >= 2, stream.skipped

@@ -178,7 +178,8 @@ def test_per_example_layout_equals_concatenated_layout():
     np.testing.assert_array_equal(np.asarray(out_ex.tokens), np.asarray(out_cat.tokens))
     for name in STATS:
         np.testing.assert_array_equal(out_ex.stats[name], out_cat.stats[name], err_msg=name)
-    result = bj.SampleResult(tokens=out_ex.tokens, **{name: out_ex.stats[name] for name in STATS})
+    result = bj.SampleResult(tokens=out_ex.tokens, bad_input=np.zeros(len(ids), np.int32),
+                             **{name: out_ex.stats[name] for name in STATS})
     for row, (prompt, vision) in enumerate(zip(prompts, visions)):
         assert_matches_reference(result, row, reference_generate(model, prompt, IMAGE_SC, **vision))
     # the rows in the other order, their images with them: the same rows, swapped
@@ -249,3 +250,39 @@ def test_concatenated_pixels_for_a_batch_under_user_jit_fail_before_compiling():
                                              concatenated["image_grid_thw"])))  # (jnp.asarray compiles a copy)
     with fails_before_compiling("per-example vision for a batch of 2 rows", "pixel_values [B, P, C]"):
         user(*args)
+
+
+def test_under_user_jit_bad_ids_and_missing_placeholders_are_flagged_and_not_decoded():
+    """What the host cannot check on traced values: a row with an id outside the vocabulary, or whose image pad
+    tokens do not match its grid, is flagged in `bad_input` and left undecoded; the other rows decode as alone."""
+    from bard_jax.sampler.inputs import BAD_PLACEHOLDERS, BAD_TOKEN_ID
+
+    model = model_()
+    cfg = model.config
+    prompts, visions, ids, mask, concatenated, example = image_batch(cfg)
+    user = jax.jit(lambda params, ids, mask, pixels, grid: bj.sample(
+        bj.Model(params, cfg), ids, config=IMAGE_SC, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid))
+    good = user(model.params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
+                jnp.asarray(example["image_grid_thw"]))
+    np.testing.assert_array_equal(np.asarray(good.bad_input), [0, 0])
+    bad_ids = ids.copy()
+    bad_ids[0, -1] = cfg.text.vocab_size + 5  # row 0: an id past the vocabulary
+    missing = bad_ids.copy()
+    missing[1][missing[1] == cfg.image_token_id] = 7  # row 1: its image's placeholders gone
+    out = user(model.params, jnp.asarray(missing), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
+               jnp.asarray(example["image_grid_thw"]))
+    np.testing.assert_array_equal(np.asarray(out.bad_input), [BAD_TOKEN_ID, BAD_PLACEHOLDERS])
+    assert (np.asarray(out.tokens) == MASK).all() and (np.asarray(out.generated_tokens) == 0).all()
+    # One flagged row leaves its neighbour as it was.
+    half = user(model.params, jnp.asarray(bad_ids), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
+                jnp.asarray(example["image_grid_thw"]))
+    np.testing.assert_array_equal(np.asarray(half.bad_input), [BAD_TOKEN_ID, 0])
+    np.testing.assert_array_equal(np.asarray(half.tokens[1]), np.asarray(good.tokens[1]))
+    # The AR decoder flags the same and emits EOS at once.
+    ar_user = jax.jit(lambda params, ids, mask, pixels, grid: sample_ar(
+        bj.Model(params, cfg), ids, config=ARConfig(max_new_tokens=4, eos_token_id=EOS), attention_mask=mask,
+        pixel_values=pixels, image_grid_thw=grid))
+    ar = ar_user(model.params, jnp.asarray(missing), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
+                 jnp.asarray(example["image_grid_thw"]))
+    np.testing.assert_array_equal(np.asarray(ar.bad_input), [BAD_TOKEN_ID, BAD_PLACEHOLDERS])
+    assert (np.asarray(ar.tokens) == EOS).all()

@@ -265,6 +265,11 @@ class JsonlRecords(Sequence):
                             f"same samples. Restart the run to index it again (an exact resume needs the data "
                             f"unchanged)")
 
+    def line_bytes(self, i: int) -> int:
+        """The length in bytes of record i's line, from the index (nothing is read)."""
+        shard, row = self._locate(i)
+        return int(self._indices[shard][row, 1] - self._indices[shard][row, 0])
+
     def raw(self, i: int) -> bytes:
         """The bytes of record i's line (without the newline)."""
         shard, row = self._locate(i)

@@ -111,6 +111,14 @@ def read_jsonl(path: str, strict: bool = False) -> tuple[list[dict], collections
     return records, skipped
 
 
+def max_record_bytes(tokenizer: Any, max_tokens: int) -> int:
+    """The longest JSONL line a sample of at most `max_tokens` tokens can come from: each token at most the vocabulary's
+    longest token in UTF-8 bytes (4 per character), each byte at most 6 characters once JSON-escaped (a \\u escape),
+    plus 64 KiB for the message structure and image paths. Generous by design: a line it refuses cannot fit."""
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return 6 * 4 * longest * max_tokens + (1 << 16)
+
+
 def skip_reason(message: str) -> str:
     """The counted reason of a skip message: its text before any parenthesis, numbers replaced by N, so that the
     reasons form a small fixed set (one counter and one first example per kind of problem, not per length)."""
@@ -206,6 +214,7 @@ class TrainStream:
         self.image_token_id = processor.image_pad_id
         self.video_token_id = tok.convert_tokens_to_ids("<|video_pad|>")
         self.patch_dim = 3 * processor.settings.temporal_patch_size * processor.settings.patch_size ** 2
+        self.max_line_bytes = max_record_bytes(tok, max(cfg.length_buckets))
         self._pool = None
         if cfg.workers > 0:
             if not processor_dir:
@@ -274,6 +283,13 @@ class TrainStream:
         """(packed sample, None) for a record at a stream position, or (None, why it cannot be used); raises a
         DataError naming the record in strict mode. Counts and logs nothing (see `example`)."""
         try:
+            line_bytes = getattr(self.records, "line_bytes", None)
+            if line_bytes is not None and line_bytes(record_index) > self.max_line_bytes:
+                # Judged from the index before anything is read: a line this long cannot fit in any bucket, and
+                # parsing and tokenising it would cost far more than the sample is worth (every pass).
+                raise DataError(f"the record's line of {line_bytes(record_index)} bytes is longer than any sample "
+                                f"of {max(self.cfg.length_buckets)} tokens can be (at most {self.max_line_bytes} "
+                                "bytes)")
             rec = self.records[record_index]  # a JsonlRecords line is parsed here (MalformedRecord: a skip)
             enc = self.proc.encode_training_sample(rec["messages"], image_root=self.root)
             grid = enc.get("image_grid_thw", np.zeros((0, 3), np.int64))

@@ -24,7 +24,14 @@ from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
 from bard_jax.sampler.config import SettingsCheck
 from bard_jax.sampler.diffusion import SamplerOutput, encode_prompt
-from bard_jax.sampler.inputs import VISION_ARGS, check_arrays, check_decoding_call, check_settings, prepare
+from bard_jax.sampler.inputs import (
+    VISION_ARGS,
+    check_arrays,
+    check_decoding_call,
+    check_settings,
+    input_problems,
+    prepare,
+)
 from bard_jax.sampler.result import SampleResult, produced_tokens
 from bard_jax.sampler.select import choose_tokens
 
@@ -85,9 +92,12 @@ def _sample_ar_pure(model: Model, inputs, cfg: ARConfig) -> SampleResult:
     shape = k.shape[:2] + (slots,) + k.shape[3:]
     key, sub = jax.random.split(inputs.key)
     first, _ = choose_tokens(last[:, None], cfg, sub)
+    # A row whose inputs fail the device-side checks is not decoded: it emits EOS at once.
+    bad_input = input_problems(c, inputs)
+    first = jnp.where(bad_input != 0, cfg.eos_token_id, first[:, 0])
     carry = ARCarry(
-        tokens=jnp.zeros((b, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first[:, 0]),
-        done=first[:, 0] == cfg.eos_token_id,
+        tokens=jnp.zeros((b, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first),
+        done=first == cfg.eos_token_id,
         index=jnp.ones((), jnp.int32),
         cache_k=jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, k.dtype), k, 0, axis=2),
         cache_v=jax.lax.dynamic_update_slice_in_dim(jnp.zeros(shape, v.dtype), v, 0, axis=2),
@@ -117,13 +127,17 @@ def _sample_ar_pure(model: Model, inputs, cfg: ARConfig) -> SampleResult:
         )
 
     out = jax.lax.while_loop(cond, body, carry)
+    # The loop stops once every row is done: the slots it did not reach repeat EOS like the rest.
+    after_eos = jnp.cumsum(out.tokens == cfg.eos_token_id, axis=-1) > 0
+    out = out.replace(tokens=jnp.where(after_eos, cfg.eos_token_id, out.tokens))
     # AR is block size 1 with one step per block: a row's forwards are its tokens up to its EOS (the prefill
     # produced the first).
     made = produced_tokens(out.tokens, eos_token_id=cfg.eos_token_id, mask_token_id=None)
     steps = (jnp.arange(cfg.max_new_tokens)[None, :] < made[:, None]).astype(jnp.int32)
     return SampleResult(tokens=out.tokens, nfe=made, block_step_counts=steps, generated_tokens=made,
                         tokens_per_forward=jnp.ones(made.shape, jnp.float32),
-                        tokens_processed=jnp.sum(mask, axis=-1).astype(jnp.int32) + jnp.maximum(made - 1, 0))
+                        tokens_processed=jnp.sum(mask, axis=-1).astype(jnp.int32) + jnp.maximum(made - 1, 0),
+                        bad_input=bad_input)
 
 
 _sample_ar_jit = jax.jit(_sample_ar_pure, static_argnames=("cfg",))

@@ -50,7 +50,14 @@ from bard_jax.model.text import KVContext
 from bard_jax.model.vlm import Qwen3VL
 from bard_jax.modeling import Model, network
 from bard_jax.sampler.config import SamplingConfig
-from bard_jax.sampler.inputs import VISION_ARGS, check_arrays, check_decoding_call, check_settings, prepare
+from bard_jax.sampler.inputs import (
+    VISION_ARGS,
+    check_arrays,
+    check_decoding_call,
+    check_settings,
+    input_problems,
+    prepare,
+)
 from bard_jax.sampler.result import SampleResult, summarize
 from bard_jax.sampler.select import choose_tokens, select_transfer
 
@@ -277,20 +284,24 @@ def _nothing_follows(x_bt, cache_id, c: Carry):
     return kv, c.first_logits, c.last_logits
 
 
-def _result(carry: Carry, cfg: SamplingConfig) -> SampleResult:
+def _result(carry: Carry, cfg: SamplingConfig, bad_input=None) -> SampleResult:
     prompt_len = carry.cache_valid.shape[1] - cfg.num_blocks * cfg.block_size
     prompt_tokens = jnp.sum(carry.cache_valid[:, :prompt_len], axis=-1)  # the prompt slots never change
-    return summarize(carry.tokens, carry.steps, carry.commits, prompt_tokens, block_size=cfg.block_size,
+    bad = jnp.zeros_like(prompt_tokens) if bad_input is None else bad_input
+    return summarize(carry.tokens, carry.steps, carry.commits, prompt_tokens, bad, block_size=cfg.block_size,
                      fold=cfg.commit == "fold", eos_token_id=cfg.eos_token_id, mask_token_id=cfg.mask_token_id)
 
 
 def _sample_pure(model: Model, inputs, threshold, cfg: SamplingConfig) -> SampleResult:
-    """Prefill, decode, statistics: the whole of `sample` once the arguments are prepared."""
+    """Prefill, decode, statistics: the whole of `sample` once the arguments are prepared. Rows whose inputs fail
+    the device-side checks (`input_problems`) start finished: they are not decoded."""
     net = network(model.config, None, "none", True)
+    bad_input = input_problems(model.config, inputs)
     carry, next_pos, prompt_blocks = _prefill(net, model.params, cfg, inputs.input_ids, inputs.attention_mask,
                                               inputs.vision, inputs.key)
+    carry = carry.replace(done=bad_input != 0)
     carry = _decode(net, model.params, cfg, carry, next_pos, prompt_blocks, threshold, inputs.input_ids.shape[1])
-    return _result(carry, cfg)
+    return _result(carry, cfg, bad_input)
 
 
 # `sample` compiles through this (called eagerly: one program per shapes and settings); under the caller's jit it

@@ -23,6 +23,9 @@ from bard_jax.model.inputs import check_inputs, check_length
 from bard_jax.modeling import Model, check_model
 
 VISION_ARGS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+# Bit flags of `SampleResult.bad_input`: what the host cannot check when the arguments are traced values.
+BAD_TOKEN_ID = 1  # a real prompt position holds an id outside [0, vocab)
+BAD_PLACEHOLDERS = 2  # a row's image (or video) pad tokens are not as many as its grids' merged windows
 
 
 class DecodeInputs(NamedTuple):
@@ -140,3 +143,23 @@ def _example_vision(model: Model, input_ids: Any, attention_mask: Any, pixel_val
                             np.asarray(attention_mask), pixel_values, image_grid_thw, pixel_values_videos,
                             video_grid_thw)
     return ExampleVision(*(as_array(a) for a in host))
+
+
+def input_problems(config: Any, inputs: DecodeInputs) -> jax.Array:
+    """[B] int32 bit flags (BAD_TOKEN_ID | BAD_PLACEHOLDERS) of each row's inputs, computed on the device.
+
+    Outside a trace `check_decoding_call` refuses such inputs before anything compiles; inside a caller's jit their
+    values are unknown on the host, so the decoders compute these flags, do not decode a flagged row (it keeps the
+    mask id / EOS, 0 generated tokens) and return the flags in `SampleResult.bad_input`."""
+    ids, mask = inputs.input_ids, inputs.attention_mask
+    bad_ids = jnp.any(mask & ((ids < 0) | (ids >= config.text.vocab_size)), axis=-1)
+    merge = config.vision.spatial_merge_size ** 2
+
+    def miscounted(token_id: int, grid_bi3: Any) -> jax.Array:
+        have = jnp.sum(mask & (ids == token_id), axis=-1)
+        want = 0 if grid_bi3 is None else jnp.sum(jnp.prod(grid_bi3, axis=-1), axis=-1) // merge
+        return have != want
+
+    v = inputs.vision
+    bad_vision = miscounted(config.image_token_id, v.image_grid) | miscounted(config.video_token_id, v.video_grid)
+    return bad_ids.astype(jnp.int32) * BAD_TOKEN_ID + bad_vision.astype(jnp.int32) * BAD_PLACEHOLDERS

@@ -24,6 +24,10 @@ class SampleResult:
     tokens_processed: [B] int32 the row's tokens that went through the model: its real prompt tokens, b per
       denoising forward and b per committed block (in a forward of its own or folded into the next block's first);
       AR: the prompt and each generated token but the last.
+    bad_input: [B] int32 bit flags of inputs that could only be checked on the device (`bj.sample` / `sample_ar`
+      under a caller's jit): 1 an id outside the vocabulary, 2 image or video pad tokens not matching the grids
+      (`bard_jax.sampler.inputs.BAD_TOKEN_ID` / `BAD_PLACEHOLDERS`). A flagged row is not decoded (no tokens, nfe
+      as for an empty decode); called outside a trace, such inputs are refused before compiling and this is 0.
     """
 
     tokens: jax.Array
@@ -32,6 +36,7 @@ class SampleResult:
     generated_tokens: jax.Array
     tokens_per_forward: jax.Array
     tokens_processed: jax.Array
+    bad_input: jax.Array
 
 
 def produced_tokens(tokens_bn: jax.Array, *, eos_token_id: int, mask_token_id: int | None) -> jax.Array:
@@ -42,8 +47,9 @@ def produced_tokens(tokens_bn: jax.Array, *, eos_token_id: int, mask_token_id: i
     return jnp.sum(decoded, axis=-1).astype(jnp.int32)
 
 
-def summarize(tokens_bn: jax.Array, steps_bn: jax.Array, commits_b: jax.Array, prompt_tokens_b: jax.Array, *,
-              block_size: int, fold: bool, eos_token_id: int, mask_token_id: int | None) -> SampleResult:
+def summarize(tokens_bn: jax.Array, steps_bn: jax.Array, commits_b: jax.Array, prompt_tokens_b: jax.Array,
+              bad_input_b: jax.Array, *, block_size: int, fold: bool, eos_token_id: int,
+              mask_token_id: int | None) -> SampleResult:
     """The result of a block decode: `steps_bn` denoising forwards per block, `commits_b` blocks committed (`fold`:
     inside denoising forwards, so neither they nor the prefill count as forwards of their own)."""
     denoising = jnp.sum(steps_bn, axis=-1).astype(jnp.int32)
@@ -56,4 +62,5 @@ def summarize(tokens_bn: jax.Array, steps_bn: jax.Array, commits_b: jax.Array, p
         generated_tokens=made,
         tokens_per_forward=made.astype(jnp.float32) / jnp.maximum(denoising, 1).astype(jnp.float32),
         tokens_processed=(prompt_tokens_b + block_size * (denoising + commits_b)).astype(jnp.int32),
+        bad_input=bad_input_b.astype(jnp.int32),
     )
