@@ -45,11 +45,23 @@ def fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--workdir", default=None, help="where to write and keep the three checkpoints (default: a "
+                   "temporary directory, removed at the end)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = p.parse_args(argv)
-    root = args.workdir or tempfile.mkdtemp(prefix="bard_demo_")
+    if args.workdir:
+        return run(args.workdir)
+    with tempfile.TemporaryDirectory(prefix="bard_demo_") as root:
+        status = run(root)
+    print("   (written under a temporary directory, now removed; pass --workdir DIR to keep the files)")
+    return status
+
+
+def run(root: str) -> int:
     src, ours, back = (os.path.join(root, d) for d in ("hf", "converted", "exported"))
+    # An earlier demo's outputs are replaced; a directory holding anything else is left alone (an error).
+    for path, kind in ((src, "hf"), (ours, "bard_jax"), (back, "hf")):
+        hf.check_export_dir(path, kind, "the demo")
 
     writer = write_tiny_checkpoint(src)
     print(f"1. tiny random Qwen3-VL checkpoint written by {writer}: {src}")

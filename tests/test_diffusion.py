@@ -140,6 +140,13 @@ def test_strict_packed_layout_equals_separate_forwards(tiny, with_image):
     assert np.abs(quirk[b:] - logits[b:]).max() > 1e-4
 
 
+def test_packed_logits_refuses_a_batch_naming_the_argument(tiny):
+    with pytest.raises(InputError, match=r"packed_logits takes one example: prefix_ids must be a 1-D sequence of "
+                                         r"token ids, got shape \(2, 3\)"):
+        bj.diffusion.packed_logits(tiny, np.ones((2, 3), int), np.ones((2, 4), int), np.ones((2, 4), int), 4,
+                                   pad_token_id=3)
+
+
 # ------------------------------------------------------------------------------------------------ noise
 def noise_batch(n: int, r: int, s: int, seed: int = 0, low: int = 0):
     """Packed samples of 3 prompt and r response tokens (ids in [low, 50)), S response slots."""

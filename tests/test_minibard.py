@@ -218,6 +218,19 @@ def test_ablations_flag_runs_all_or_the_named_ones_in_their_order(capsys):
     assert "unknown ablation(s) ['progressive']; known: direct_b32" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,fragment", [
+    (["--eval-n", "-1"], "--eval-n -1: expected a number of held-out questions, or 0 for all of them"),
+    (["--batch", "0"], "--batch 0: expected at least 1 question per decode call"),
+    (["--seed", "-2"], "--seed -2: expected a non-negative integer"),
+])
+def test_numbers_that_would_fail_after_training_are_refused_first(capsys, flags, fragment):
+    from bard_jax.minibard.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert fragment in capsys.readouterr().err
+
+
 def test_fast_cpu_compiles_leave_xla_flags_alone_when_xla_refuses_the_flag(monkeypatch):
     """XLA aborts on a flag it does not know: the compile-speed flag (used by the smoke run and the test suite) is
     tried in a child process, and the environment stays as it was when the child fails."""

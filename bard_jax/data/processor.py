@@ -62,8 +62,9 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, path: str, min_pixels: int | None = None, max_pixels: int | None = None) -> Processor:
-        from transformers import AutoTokenizer
+        from bard_jax.quiet_transformers import import_transformers
 
+        AutoTokenizer = import_transformers().AutoTokenizer
         tok_dir = os.path.join(path, "tokenizer") if os.path.isdir(os.path.join(path, "tokenizer")) else path
         if not os.path.isdir(tok_dir):
             raise DataError(f"processor directory not found: {path}")

@@ -149,7 +149,10 @@ def make_question(rng: np.random.Generator, objects: list[dict]) -> tuple[str, s
 def build_tokenizer(out_dir: str, words: list[str] = WORDS, qtypes: tuple[str, ...] = QTYPES) -> None:
     """A word-level HF tokenizer over `words` with Qwen-style specials, a mask token and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+
+    from bard_jax.quiet_transformers import import_transformers
+
+    PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 
     vocab = {}
     for w in dict.fromkeys(words):

@@ -33,6 +33,10 @@ def packed_logits(
     `noisy_ids` is the corrupted response of length R. clean_sees_noisy=False gives the strict mask.
     """
     c = model.config
+    for name, ids in (("prefix_ids", prefix_ids), ("response_ids", response_ids), ("noisy_ids", noisy_ids)):
+        if np.ndim(ids) != 1:
+            raise InputError(f"packed_logits takes one example: {name} must be a 1-D sequence of token ids, got shape "
+                             f"{np.shape(ids)} (for a batch, call it once per example)")
     sample = pack_sample(
         np.asarray(prefix_ids), np.asarray(response_ids), block_size, pad_token_id=pad_token_id,
         image_token_id=c.image_token_id, video_token_id=c.video_token_id,

@@ -39,7 +39,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     r = sub.add_parser("run", help="decode and score tasks")
     r.add_argument("--model", required=True, help="HF or bard_jax checkpoint directory with its tokenizer files")
     r.add_argument("--data-root", required=True, help="folder holding the hub snapshots (ROOT/<owner>/<name>/...)")
-    r.add_argument("--tasks", required=True, help="comma-separated task names, or 'all' (the paper's seven)")
+    from bard_jax.eval.tasks import TASKS
+
+    r.add_argument("--tasks", required=True, help=f"comma-separated task names ({', '.join(TASKS)}), or 'all' (the "
+                   "paper's seven)")
     r.add_argument("--out", required=True, help="output directory (a rerun of the same settings resumes)")
     r.add_argument("--decoder", default="diffusion", choices=S.DECODERS)
     r.add_argument("--block-size", type=_positive, default=S.DEFAULT_BLOCK_SIZE)

@@ -108,13 +108,15 @@ def markdown(summaries: dict[str, dict[str, Any]]) -> str:
         "",
         "Percent except MME (perception + cognition points). * not the whole split: an unfinished run, or --limit.",
         "",
-        "| task | metric | docs | undecodable | NFE mean | tokens / forward | tokens / NFE | wall s | decoder |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| task | metric | score | docs | undecodable | NFE mean | tokens / forward | tokens / NFE | wall s "
+        "| decoder |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     fmt = (lambda v, spec: "-" if v is None else format(v, spec))
     for task, s in summaries.items():
         metric = "-" if s["headline"] is None else s["headline"]["metric"]
-        lines.append(f"| {task} | {metric} | {s['n_docs']} | {s['undecodable_images']} | {fmt(s['nfe_mean'], '.2f')} "
+        lines.append(f"| {task} | {metric} | {_cell(task, s)} | {s['n_docs']} | {s['undecodable_images']} "
+                     f"| {fmt(s['nfe_mean'], '.2f')} "
                      f"| {fmt(s['tokens_per_forward_mean'], '.2f')} | {fmt(s['tokens_per_nfe'], '.2f')} "
                      f"| {s['wall_seconds']:.1f} | {_setting_text(s['settings'])} |")
     return "\n".join(lines) + "\n"

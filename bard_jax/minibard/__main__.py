@@ -64,6 +64,13 @@ def parse_args(argv):
                    "the task and its held-out questions stay the same")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = p.parse_args(argv)
+    # Checked before any stage trains (an evaluation that cannot run would otherwise fail after an hour of it).
+    if args.eval_n < 0:
+        p.error(f"--eval-n {args.eval_n}: expected a number of held-out questions, or 0 for all of them")
+    if args.batch < 1:
+        p.error(f"--batch {args.batch}: expected at least 1 question per decode call")
+    if args.seed < 0:
+        p.error(f"--seed {args.seed}: expected a non-negative integer")
     if args.ablations is not None:
         from bard_jax.minibard.stages import ablations
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -36,17 +37,30 @@ class UnreadableCheckpointError(BardError, RuntimeError):
     """A checkpoint whose files cannot be read; the message names the step and the file."""
 
 
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save orbax has not committed yet
+
+
+def remove_killed_saves(directory: str) -> None:
+    """Delete the temporary directories of saves that were never committed (the process died mid-save), before
+    anything looks at `directory`: restore ignores them, and nothing else would remove them."""
+    for name in os.listdir(directory):
+        if TMP_MARK in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3):
         if keep < 1:
             raise InputError(f"keep_checkpoints must be >= 1 (a resume needs the newest checkpoint), got {keep}")
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
+        remove_killed_saves(self.directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=True,
-                # A killed save's STEP.orbax-checkpoint-tmp would otherwise stay forever (restore ignores it).
+                # Orbax's own clean-up of killed saves may still be running when the constructor returns;
+                # `remove_killed_saves` above has already done it (the workdir lock keeps other runs out).
                 cleanup_tmp_directories=True,
             ),
         )
