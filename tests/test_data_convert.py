@@ -461,6 +461,15 @@ def test_command_line(fv_src, fv_out, tmp_path):
     bad = subprocess.run(cmd + ["--subsets", "gamma"], capture_output=True, text=True)
     assert bad.returncode == 1
     assert "error: " in bad.stderr and "no subset gamma" in bad.stderr and "Traceback" not in bad.stderr
+    # It ends with the command that trains on its output.
+    assert f"train on it: python -m bard_jax.train --recipe recipes/pbm_b4.py --recipe.data.train_jsonl={out} " \
+        f"--recipe.data.image_root={out}" in done.stdout
+    # Numbers that would tie OUT to an empty conversion, or start no worker: refused before anything is written.
+    for flags, fragment in ((["--limit", "0"], "--limit 0: expected at least 1 source row"),
+                            (["--workers", "-1"], "--workers -1: expected 0 or more processes")):
+        fresh = str(tmp_path / "fresh")
+        refused = subprocess.run([*cmd[:-1], fresh, *flags], capture_output=True, text=True)
+        assert refused.returncode == 2 and fragment in refused.stderr and not os.path.exists(fresh)
 
 
 # ------------------------------------------------------------------------------------------------ training pipeline

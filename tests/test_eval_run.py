@@ -311,6 +311,12 @@ def test_the_synthetic_task_in_process_with_warmup_and_the_checkpoints_own_image
     assert "system" not in text and first["image_grid_thw"].tolist() in ([[1, 4, 6]], [[1, 4, 4]])
     run_file = json.load(open(tmp_path / "out" / "synthetic" / "run.json"))
     assert run_file["settings"]["commit"] == "reuse" and run_file["settings"]["min_pixels"] is None
+    # Its results table: the score it computed, and no paper table of dashes (no paper task ran).
+    table = (tmp_path / "out" / "results.md").read_text()
+    score = json.load(open(tmp_path / "out" / "results.json"))["tasks"]["synthetic"]["headline"]["value"]
+    assert "| model | MMMU" not in table
+    row = next(line for line in table.splitlines() if line.startswith("| synthetic |"))
+    assert row.split("|")[2:4] == [" exact_match ", f" {100 * score:.1f}* "]  # * : --limit 6, not the whole split
 
 
 def test_the_cli_keeps_the_synthetic_tasks_own_image_sizes_unless_told():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,3 +148,22 @@ def test_two_launches_at_once_one_trains_the_other_is_refused(tmp_path):
     if (w / "metrics.jsonl").exists():
         steps = [json.loads(line)["step"] for line in open(w / "metrics.jsonl")]
         assert steps == list(range(1, len(steps) + 1))  # one run's rows, none twice
+
+
+def test_steps_lowered_below_the_checkpoint_are_refused_not_exported_as_finished(tmp_path):
+    w = tmp_path / "run"
+    assert loop.main(argv(w)) == 0  # 2 steps, a checkpoint at step 2, exported
+    exported = snapshot(w / "export")
+    with pytest.raises(TrainingError, match=r"is at step 2, past steps=1: .* set --recipe.steps=2"):
+        loop.main(argv(w, "--recipe.steps", "1"))
+    assert snapshot(w / "export") == exported
+
+
+@pytest.mark.parametrize("key,value,token", [("mask_token_id", "5", "<|mask|>"), ("pad_token_id", "7", "<|im_end|>")])
+def test_token_id_overrides_the_tokenizer_would_override_are_refused(tmp_path, key, value, token):
+    from bard_jax.train.setup import SetupError
+
+    with pytest.raises(SetupError, match=rf"objective.{key}={value}, but the tokenizer in .* has "
+                                         rf"{re.escape(token)} = \d+, which training uses"):
+        loop.main(argv(tmp_path / "run", f"--recipe.objective.{key}", value))
+    assert not (tmp_path / "run").exists()

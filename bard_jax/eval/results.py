@@ -101,12 +101,17 @@ def markdown(summaries: dict[str, dict[str, Any]]) -> str:
     any_summary = next(iter(summaries.values()), None)
     label = "-" if any_summary is None else (f"{os.path.basename(any_summary['settings']['model'].rstrip('/'))} "
                                              f"({_setting_text(any_summary['settings'])})")
-    lines = [
+    paper = [
         "| model | " + " | ".join(name for _, name in PAPER_COLUMNS) + " |",
         "|---|" + "---:|" * len(PAPER_COLUMNS),
         f"| {label} | " + " | ".join(_cell(t, summaries.get(t)) for t, _ in PAPER_COLUMNS) + " |",
         "",
-        "Percent except MME (perception + cognition points). * not the whole split: an unfinished run, or --limit.",
+    ]
+    lines = [
+        # The paper's table only when OUT holds one of its tasks (a synthetic-only run would show a row of "-").
+        *(paper if any(t in summaries for t, _ in PAPER_COLUMNS) else []),
+        "Scores in percent except MME (perception + cognition points). * not the whole split: an unfinished run, or "
+        "--limit.",
         "",
         "| task | metric | score | docs | undecodable | NFE mean | tokens / forward | tokens / NFE | wall s "
         "| decoder |",

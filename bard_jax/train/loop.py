@@ -141,8 +141,13 @@ def _train(cfg: TrainConfig, mesh, run, model_config, plan, stop: StopFlag) -> i
     restored = ckpt.restore_latest(abstract_like(plan.state, plan.state_shardings), fingerprint)
     if restored is not None:
         state, meta = restored
-        run.data.set_state(meta["data_state"])
         start_step = int(meta["step"])
+        if start_step > cfg.steps:
+            raise TrainingError(f"the newest checkpoint in {ckpt.directory} is at step {start_step}, past steps="
+                                f"{cfg.steps}: exporting it would present {start_step} steps of training as "
+                                f"{cfg.steps}; set --recipe.steps={start_step} (or more) to finish from it, or use "
+                                "another --workdir")
+        run.data.set_state(meta["data_state"])
     else:
         check_fresh_start(cfg.workdir)
         params = setup.initial_params(cfg, model_config, mesh)
@@ -173,6 +178,12 @@ def _train(cfg: TrainConfig, mesh, run, model_config, plan, stop: StopFlag) -> i
 
     # --- export
     setup.export(cfg, model_config, loop.state.params, run)
+    if jax.process_index() == 0:
+        export = os.path.join(cfg.workdir, "export")
+        hf_copy = f" and an HF copy in {os.path.join(cfg.workdir, 'export_hf')}" if cfg.export_hf else ""
+        print(f"[bard_jax.train] {cfg.name}: finished at step {cfg.steps}; the model is in {export}{hf_copy} "
+              f"(decode: python -m bard_jax.generate --model {export} --prompt ...; next stage: model.init_from)",
+              flush=True)
     return cli.EXIT_OK
 
 

@@ -42,6 +42,7 @@ class MetricsWriter:
 
         self._bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, dynamic_ncols=True, leave=True)
         self._last = time.time()
+        self._first_step = True
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -61,8 +62,18 @@ class MetricsWriter:
             self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
 
     def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
+        if self._bar is None:
+            return
+        self._bar.update(n)
+        if self._first_step:
+            # The first step compiled the train step: its time says nothing about the steps to come, so the bar's
+            # estimate starts after it (else it shows a wait many times too long), and the compile is named.
+            self._first_step = False
+            self._bar.write(f"[bard_jax.train] first step: {time.time() - self._last:.0f} s, most of it compiling "
+                            "the step (other batch shapes compile when they first come); the time estimate starts now")
+            self._bar.initial = self._bar.n
+            self._bar.start_t = self._bar.last_print_t = self._bar._time()
+            self._bar.last_print_n = self._bar.n
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -38,7 +38,7 @@ from bard_jax.errors import BardError
 from bard_jax.model.attention import AttentionConfig
 from bard_jax.modeling import init_params, load_pretrained
 from bard_jax.sharding import LOGICAL_RULES, MESH_AXES, activation_sharding, param_shardings, replicated
-from bard_jax.train.config import TrainConfig
+from bard_jax.train.config import ObjectiveSection, TrainConfig
 from bard_jax.train.optimizer import check_optimizer_config, make_optimizer, trainable_mask
 from bard_jax.train.step import TrainState, init_state, make_train_step
 
@@ -208,6 +208,7 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
                                           max_pixels=d.max_pixels or None)
     model_config = model_config_for(cfg, processor)
     mask_id = processor.mask_id(default=cfg.objective.mask_token_id)
+    check_token_overrides(cfg.objective, mask_id, processor.im_end_id, processor_dir)
     obj = objective_config(cfg, model_config.text.vocab_size, mask_id, processor.im_end_id,
                            vision_ids(model_config))
     teacher_config = None
@@ -551,6 +552,17 @@ def initial_params(cfg: TrainConfig, model_config: ModelConfig, mesh) -> Any:
     shardings = param_shardings(abstract_params(cfg, model_config), mesh)
     return jax.jit(lambda k: init_params(model_config, k, cfg.model.param_dtype), out_shardings=shardings)(
         jax.random.key(cfg.seed))
+
+
+def check_token_overrides(objective: ObjectiveSection, mask_id: int, pad_id: int, processor_dir: str) -> None:
+    """The tokenizer decides the mask and pad ids (its <|mask|>, else objective.mask_token_id; its <|im_end|>): a
+    recipe value set away from the default and from what the tokenizer says would be ignored, so it is refused."""
+    defaults = ObjectiveSection()
+    for key, value, used, what in (("mask_token_id", objective.mask_token_id, mask_id, "<|mask|>"),
+                                   ("pad_token_id", objective.pad_token_id, pad_id, "<|im_end|>")):
+        if value != getattr(defaults, key) and value != used:
+            raise SetupError(f"objective.{key}={value}, but the tokenizer in {processor_dir} has {what} = {used}, "
+                             "which training uses: remove the override (or give the tokenizer that token)")
 
 
 def teacher_params(cfg: TrainConfig, model_config: ModelConfig, mesh) -> Any:

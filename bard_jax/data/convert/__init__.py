@@ -9,7 +9,7 @@ files (many GB of embedded images) are read a few rows at a time, work is parall
 conversion resumes where it stopped. Each record is one line:
 
     {"messages": [{"role": "system", "content": "You are a helpful assistant"},
-                  {"role": "user", "content": [{"type": "image", "image": "images/<shard>/00000012_0.jpg"},
+                  {"role": "user", "content": [{"type": "image", "image": "images/<subset>/<shard>/00000012_0.jpg"},
                                                {"type": "text", "text": "..."}]},
                   {"role": "assistant", "content": [{"type": "text", "text": "..."}]}],
      "id": "...", "source": "finevision/<subset>"}

@@ -50,9 +50,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--image-root", help="where relative image and video paths are found (default: --src)")
     p.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)
     a = p.parse_args(argv)
+    if a.limit is not None and a.limit < 1:
+        p.error(f"--limit {a.limit}: expected at least 1 source row (leave it out to convert everything)")
+    if a.workers < 0:
+        p.error(f"--workers {a.workers}: expected 0 or more processes")
     stats = convert(a.source, a.src, a.out, subsets=a.subsets, workers=a.workers, limit=a.limit, system=a.system,
                     image_format=a.image_format, image_root=a.image_root)
     print(_summary(stats, a.out))
+    out = os.path.abspath(a.out)
+    print(f"train on it: python -m bard_jax.train --recipe recipes/pbm_b4.py --recipe.data.train_jsonl={out} "
+          f"--recipe.data.image_root={out} (the tokenizer comes from model.init_from; else add "
+          "--recipe.data.processor=DIR)")
     if stats["failed_shards"]:
         for failed in stats["failed_shards"]:
             print(f"{PROG}: failed shard {failed['path']}: {failed['error']}", file=sys.stderr)
