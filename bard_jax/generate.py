@@ -19,6 +19,7 @@ from PIL import Image
 import bard_jax as bj
 from bard_jax import cli, hf
 from bard_jax.data import DataError, Processor
+from bard_jax.errors import InputError
 
 PROG = "python -m bard_jax.generate"
 
@@ -58,6 +59,8 @@ def read_image(path: str) -> Image.Image:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty: give the question or instruction to answer")
     # The cheap checks first: a bad flag or image fails before the tokenizer and the weights load. The token ids
     # come from the tokenizer; until then the settings carry the defaults.
     settings = bj.SamplingConfig(

@@ -162,6 +162,9 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = "float32", mesh: Any =
     from bard_jax import hf  # local import: keeps `import bard_jax` light
     from bard_jax.sharding import param_sharding_fn
 
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise InputError(f"load_pretrained: mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((1, 8, 1), ('data', "
+                         f"'fsdp', 'tensor'))) or None, got {type(mesh).__name__} {mesh!r}")
     path = os.fspath(path)
     hf.check_weights_dir(path)  # a training workdir or a wrong path: say what to pass instead
     sharding_fn = param_sharding_fn(mesh) if mesh is not None else None

@@ -377,3 +377,31 @@ def test_the_weights_digest_reads_contents_not_paths_or_times(ckpt, tmp_path):
     assert weights_digest(copy) == weights_digest(ckpt)
     config.write_text(config.read_text() + " ")
     assert weights_digest(copy) != weights_digest(ckpt)
+
+
+def test_empty_splits_empty_pixel_ranges_and_a_refused_runs_leftovers(ckpt, data_root, tmp_path, capsys,
+                                                                       monkeypatch):
+    def error_of(argv) -> str:
+        assert run_cli(argv) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1, errors
+        return errors[0]
+
+    out = tmp_path / "out"
+    # An empty split is not scored (a score of 0 over no document would read as a real one).
+    empty = tmp_path / "empty_root"
+    write_fixture(empty, "chartqa", rows=[], n_files=1)
+    assert "task chartqa: its split holds no documents" in error_of(run_args(ckpt, str(empty), out, "chartqa"))
+    # An empty pixel range is refused before anything loads.
+    msg = error_of(["run", "--model", ckpt, "--data-root", data_root, "--tasks", "chartqa", "--out", str(out),
+                    "--min-pixels", "20000", "--max-pixels", "10000"])
+    assert "--min-pixels 20000 and --max-pixels 10000: the image pixel range is empty" in msg
+    assert not out.exists()
+    # A run that stops before its first sample leaves run.json; the corrected command (other settings) takes over.
+    monkeypatch.setattr(decode, "decode_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stopped")))
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_cli(run_args(ckpt, data_root, out, "chartqa", "--debug"))
+    assert (out / "chartqa" / "run.json").is_file()
+    monkeypatch.setattr(decode, "decode_batch", REAL_DECODE)
+    assert run_cli(run_args(ckpt, data_root, out, "chartqa", "--block-size", "8", "--batch-size", "4")) == 0
+    assert json.load(open(out / "chartqa" / "run.json"))["settings"]["block_size"] == 8

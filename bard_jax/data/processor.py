@@ -64,6 +64,8 @@ class Processor:
     def from_pretrained(cls, path: str, min_pixels: int | None = None, max_pixels: int | None = None) -> Processor:
         from bard_jax.quiet_transformers import import_transformers
 
+        if min_pixels and max_pixels and min_pixels > max_pixels:
+            raise DataError(f"min_pixels {min_pixels} > max_pixels {max_pixels}: no image size fits that range")
         AutoTokenizer = import_transformers().AutoTokenizer
         tok_dir = os.path.join(path, "tokenizer") if os.path.isdir(os.path.join(path, "tokenizer")) else path
         if not os.path.isdir(tok_dir):
@@ -80,6 +82,11 @@ class Processor:
         return cls(tokenizer, settings, VideoSettings.from_dict(video_raw))
 
     def process_images(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """PIL images -> (pixel_values [N, C], image_grid_thw [n, 3])."""
+        for i, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                hint = " (open it first: PIL.Image.open(path))" if isinstance(image, (str, os.PathLike)) else ""
+                raise DataError(f"process_images: image {i} is a {type(image).__name__}, not a PIL image{hint}")
         return process_images(images, self.settings)
 
     def process_videos(self, videos: list[Any], fps: float | list[float] | None = None

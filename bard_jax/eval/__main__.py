@@ -102,6 +102,10 @@ def main(argv: list[str]) -> int:
     if not names:
         raise EvalError(f"--tasks {args.tasks!r} names no task")
     min_pixels, max_pixels = pixel_range(names, args.min_pixels, args.max_pixels)
+    if min_pixels and max_pixels and min_pixels > max_pixels:
+        given = " and ".join(f"--{k}-pixels {v}" for k, v in (("min", args.min_pixels), ("max", args.max_pixels)) if v)
+        raise EvalError(f"{given}: the image pixel range is empty (min {min_pixels} > max {max_pixels}; defaults "
+                        f"{S.DEFAULT_MIN_PIXELS} / {S.DEFAULT_MAX_PIXELS})")
     settings = S.RunSettings(
         model=args.model, decoder=args.decoder, block_size=args.block_size, denoising_steps=args.steps,
         strategy=args.strategy, confidence_threshold=args.threshold, max_new_tokens=args.max_new_tokens,

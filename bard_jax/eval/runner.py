@@ -187,7 +187,9 @@ def check_inputs(settings: RunSettings, root: str, tasks: list[Task], out: str) 
     if not os.path.isdir(root):
         raise EvalError(f"--data-root: directory not found: {root}")
     for task in tasks:
-        split_files(root, task)  # names the expected directory / files when the dataset is missing
+        files = split_files(root, task)  # names the expected directory / files when the dataset is missing
+        if count_docs(root, task, None) == 0:  # a score over no document would read as a real 0
+            raise EvalError(f"task {task.name}: its split holds no documents ({', '.join(files)})")
     if os.path.exists(out) and not os.path.isdir(out):
         raise EvalError(f"--out {out} exists and is not a directory")
     try:

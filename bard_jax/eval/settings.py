@@ -92,6 +92,13 @@ def read_run_file(task_dir: str) -> dict[str, Any] | None:
     return state
 
 
+def _nothing_decoded(task_dir: str, state: dict[str, Any]) -> bool:
+    """A run refused or stopped before its first sample: nothing of it to keep, so a run of any settings or model
+    may take the directory over."""
+    samples = os.path.join(task_dir, SAMPLES_FILE)
+    return not state.get("complete") and (not os.path.exists(samples) or os.path.getsize(samples) == 0)
+
+
 def check_same_model(out: str, settings: dict[str, Any]) -> None:
     """Refuse (EvalError naming both) when a task directory of OUT holds a run of another model, or of an earlier
     version of this one (other contents at the same path): OUT's results table describes one model."""
@@ -101,7 +108,10 @@ def check_same_model(out: str, settings: dict[str, Any]) -> None:
         task_dir = os.path.join(out, name)
         if not os.path.isfile(os.path.join(task_dir, RUN_FILE)):
             continue
-        old = read_run_file(task_dir)["settings"]
+        state = read_run_file(task_dir)
+        if _nothing_decoded(task_dir, state):
+            continue
+        old = state["settings"]
         if old.get("model") != settings["model"]:
             raise EvalError(f"--out {out} holds results of another model ({old.get('model')}, task {name}); this "
                             f"run evaluates {settings['model']}: use another --out (one per model)")
@@ -115,6 +125,8 @@ def check_resumable(task_dir: str, settings: dict[str, Any]) -> None:
     """Refuse (EvalError naming both settings) when `task_dir` holds a run of other settings."""
     state = read_run_file(task_dir)
     if state is None:
+        return
+    if _nothing_decoded(task_dir, state):
         return
     old = state["settings"]
     keys = list(settings) + [k for k in old if k not in settings]

@@ -100,18 +100,22 @@ def copy_side_files(src: str | os.PathLike | None, dst: str) -> list[str]:
 
 
 def parse_size(text: str | int) -> int:
-    """'5GB' -> 5e9, '500MB', '2GiB', '1024' -> bytes."""
+    """'5GB' -> 5e9, '500MB', '2GiB', '1024' -> bytes (a positive size: 0 would put every tensor in a file of
+    its own)."""
     if isinstance(text, int):
-        return text
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    t = text.strip().upper()
-    try:
-        for u in sorted(units, key=len, reverse=True):
-            if t.endswith(u):
-                return int(float(t[: -len(u)]) * units[u])
-        return int(t)
-    except ValueError as e:
-        raise InputError(f"cannot parse size {text!r} (examples: 5GB, 500MB, 2GiB)") from e
+        size = text
+    else:
+        units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+                 "B": 1}
+        t = text.strip().upper()
+        try:
+            unit = next((u for u in sorted(units, key=len, reverse=True) if t.endswith(u)), None)
+            size = int(float(t[: -len(unit)]) * units[unit]) if unit else int(t)
+        except ValueError as e:
+            raise InputError(f"cannot parse size {text!r} (examples: 5GB, 500MB, 2GiB)") from e
+    if size < 1:
+        raise InputError(f"size {text!r} must be positive (examples: 5GB, 500MB, 2GiB)")
+    return size
 
 
 @contextlib.contextmanager

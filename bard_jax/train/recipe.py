@@ -56,7 +56,12 @@ def _parse(text: str, current: Any, key: str, annotation: Any = None) -> Any:
                 return False
             raise ValueError("expected true/false")
         if isinstance(current, int):
-            return int(float(text)) if "e" in text.lower() else int(text)
+            if "e" not in text.lower():
+                return int(text)
+            value = float(text)  # 1e5 is a whole number; 1.9e0 is not, and truncating it would hide the typo
+            if not value.is_integer():
+                raise ValueError(f"{value:g} is not a whole number")
+            return int(value)
         if isinstance(current, float):
             return float(text)
         if isinstance(current, tuple):

@@ -195,15 +195,21 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
     check_optimizer_config(cfg.optim)  # before anything is read or written
     root = d.image_root
     train = d.train_jsonl
-    processor_dir = d.processor or resolve_weights(cfg.model.init_from)
+    init = resolve_weights(cfg.model.init_from)
+    if init and not os.path.isdir(init):  # named as itself, not as the processor it would also have provided
+        raise SetupError(f"model.init_from: checkpoint directory not found: {cfg.model.init_from!r}")
+    processor_dir = d.processor or init
     if d.synthetic and not train:
         syn = _synthetic_dir(cfg)
         train, root = os.path.join(syn, "train.jsonl"), syn
         processor_dir = processor_dir or os.path.join(syn, "tokenizer")
     if not train:
         raise SetupError("data.train_jsonl is not set (a JSONL file, a directory of *.jsonl shards or a glob)")
-    if not processor_dir or not os.path.isdir(processor_dir):
-        raise SetupError(f"processor (tokenizer) directory not found: {processor_dir!r} (set data.processor)")
+    if not processor_dir:
+        raise SetupError("data.processor is not set and model.init_from names no checkpoint to take the tokenizer "
+                         "from: set data.processor to a directory holding the tokenizer files")
+    if not os.path.isdir(processor_dir):
+        raise SetupError(f"data.processor: tokenizer directory not found: {processor_dir!r}")
     processor = Processor.from_pretrained(processor_dir, min_pixels=d.min_pixels or None,
                                           max_pixels=d.max_pixels or None)
     model_config = model_config_for(cfg, processor)
@@ -225,6 +231,8 @@ def prepare_run(cfg: TrainConfig, stop_event: threading.Event | None = None) -> 
         records = open_records(train)
     except DataError as e:
         raise SetupError(f"data.train_jsonl: {e}") from e
+    if not len(records):
+        raise SetupError(f"data.train_jsonl: {train} holds no records (empty, or blank lines only)")
     records = keep_question_types(records, tuple(d.question_types), train)
     st = processor.settings
     pixel_rows = sample_pixel_rows(cfg, st.max_pixels, st.patch_size, st.merge_size)

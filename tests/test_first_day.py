@@ -1,0 +1,90 @@
+"""The bad inputs a researcher's first day turned up (issue 34), replayed: each is now one error naming the flag, key,
+file or value, raised before anything is written. (The cases with more setup live beside their subject:
+test_train_workdir.py, test_eval_run.py, test_data_failures.py, test_sample_pure.py, test_demo.py,
+test_data_convert.py, test_minibard.py.)"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_train import FAST, REPO
+
+import bard_jax as bj
+from bard_jax import hf
+from bard_jax.data import DataError, Processor, synthetic
+from bard_jax.errors import InputError
+from bard_jax.train import loop
+from bard_jax.train.recipe import RecipeError
+from bard_jax.train.setup import SetupError
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthetic.generate(str(tmp_path_factory.mktemp("syn") / "data"), n=16, seed=3, n_eval=4)
+
+
+def train_argv(workdir, data, *more):
+    fast = [x if x != "4" or FAST[i - 1] != "--recipe.data.micro_batch_size" else "8" for i, x in enumerate(FAST)]
+    return ["--recipe", os.path.join(REPO, "recipes", "demo.py"), "--workdir", str(workdir),
+            "--recipe.data.synthetic_dir", data, *fast, "--recipe.steps", "2", *more]
+
+
+def test_a_shard_size_of_zero_is_refused():
+    with pytest.raises(InputError, match=r"size '0' must be positive"):
+        hf.parse_size("0")
+    with pytest.raises(InputError, match=r"size '0MB' must be positive"):
+        hf.parse_size("0MB")
+    assert hf.parse_size("2GiB") == 2 * 2**30
+
+
+def test_a_mesh_that_is_not_a_mesh_is_named():
+    with pytest.raises(InputError, match=r"mesh must be a jax.sharding.Mesh .* got str 'fsdp'"):
+        bj.load_pretrained("/nonexistent", mesh="fsdp")
+
+
+def test_process_images_with_paths_says_to_open_them(data):
+    proc = Processor.from_pretrained(data)
+    with pytest.raises(DataError, match=r"image 0 is a str, not a PIL image \(open it first"):
+        proc.process_images([os.path.join(data, "images", "eval_000000.png")])
+
+
+def test_contradictory_pixel_bounds_are_refused(data):
+    with pytest.raises(DataError, match=r"min_pixels 5000 > max_pixels 4000"):
+        Processor.from_pretrained(data, min_pixels=5000, max_pixels=4000)
+
+
+def test_an_empty_prompt_is_refused(data):
+    from bard_jax.generate import main
+
+    with pytest.raises(InputError, match=r"--prompt is empty"):
+        main(["--model", data, "--prompt", "  "])
+
+
+def test_a_fractional_number_for_an_integer_key_is_refused_not_truncated(tmp_path, data):
+    with pytest.raises(RecipeError, match=r"override steps='1.9e0': cannot parse as int \(1.9 is not a whole number\)"):
+        loop.main(train_argv(tmp_path / "run", data, "--recipe.steps=1.9e0"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_init_from_is_named_as_itself(tmp_path, data):
+    with pytest.raises(SetupError, match=r"model.init_from: checkpoint directory not found: '/nonexistent/ckpt'"):
+        loop.main(train_argv(tmp_path / "run", data, "--recipe.model.init_from", "/nonexistent/ckpt"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_train_jsonl_is_named(tmp_path, data):
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(SetupError, match=rf"data.train_jsonl: {empty} holds no records"):
+        loop.main(train_argv(tmp_path / "run", data, "--recipe.data.train_jsonl", str(empty),
+                             "--recipe.data.processor", os.path.join(data, "tokenizer")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_quiet_transformers_import_leaves_the_environment_as_it_was(monkeypatch):
+    from bard_jax.quiet_transformers import import_transformers
+
+    monkeypatch.delenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", raising=False)
+    assert import_transformers().__name__ == "transformers"
+    assert "TRANSFORMERS_NO_ADVISORY_WARNINGS" not in os.environ
