@@ -496,3 +496,29 @@ def test_converted_output_feeds_the_training_pipeline(tmp_path):
     with_images = [b for b in batches if "pixel_values" in b]
     assert with_images and all(b["pixel_values"].shape[0] > 0 for b in with_images)
     assert not stream.skipped
+
+
+def test_an_unreadable_state_json_is_named_not_reported_missing(tmp_path):
+    from bard_jax.data.convert.arrow_rows import find_files
+    from bard_jax.data.convert.errors import ConvertError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "state.json").write_text("{not json")
+    with pytest.raises(ConvertError, match=r"state.json cannot be read \(JSONDecodeError.*holds no \*.arrow file"):
+        find_files(str(src))
+    (src / "data-00000-of-00001.arrow").write_bytes(b"")  # the fallback: the data files as datasets names them
+    assert [os.path.basename(p) for _, p in find_files(str(src))] == ["data-00000-of-00001.arrow"]
+
+
+def test_finevision_texts_as_a_json_string_are_read_and_garbage_is_a_counted_drop():
+    from bard_jax.data.convert.conversation import MALFORMED_MESSAGES, RowDropped
+    from bard_jax.data.convert.finevision import rounds_of
+
+    rounds = [{"user": "What is it?", "assistant": "A cat."}]
+    assert rounds_of(json.dumps(rounds)) == rounds == rounds_of(rounds)
+    assert rounds_of(None) == []
+    for bad in ("{not json", "[1, 2]", 7, ["a"]):
+        with pytest.raises(RowDropped) as e:
+            rounds_of(bad)
+        assert e.value.reason == MALFORMED_MESSAGES

@@ -24,6 +24,7 @@ from bard_jax.diffusion import losses as losses_lib
 from bard_jax.diffusion.losses import ObjectiveConfig, loss_fn
 from bard_jax.model import hidden as hidden_lib
 from bard_jax.model.attention import mask_to_numpy
+from bard_jax.train.workdir import LOCK_FILE
 
 
 def command(workdir, *overrides):
@@ -60,12 +61,15 @@ def straight(root):
 
 
 def tree_digest(path) -> dict[str, str]:
-    """relative path -> sha256 of every file under `path` (directories included as entries)."""
+    """relative path -> sha256 of every file under `path` (directories included as entries), but the workdir's
+    lock file, which names whichever run held the workdir last."""
     out = {}
     for d, dirs, files in os.walk(path):
         for name in dirs:
             out[os.path.relpath(os.path.join(d, name), path)] = "dir"
         for name in files:
+            if name == LOCK_FILE and os.path.samefile(d, path):
+                continue
             p = os.path.join(d, name)
             with open(p, "rb") as f:
                 out[os.path.relpath(p, path)] = hashlib.sha256(f.read()).hexdigest()

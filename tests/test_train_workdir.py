@@ -167,3 +167,20 @@ def test_token_id_overrides_the_tokenizer_would_override_are_refused(tmp_path, k
                                          rf"{re.escape(token)} = \d+, which training uses"):
         loop.main(argv(tmp_path / "run", f"--recipe.objective.{key}", value))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unreachable_coordinator_is_named_after_the_timeout(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "bard_jax.train", *argv(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}",
+           "--num-processes", "2", "--process-id", "1", "--coordinator-timeout", "3"]
+    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"joining the run at 127.0.0.1:{port} (waiting up to 3 s" in r.stderr
+    assert f"process 1 of 2 could not reach the coordinator at 127.0.0.1:{port} within 3 s" in r.stderr, \
+        r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()

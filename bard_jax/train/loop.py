@@ -45,6 +45,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--coordinator", default=None, help="multi-host: coordinator address host:port")
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--coordinator-timeout", type=int, default=300, metavar="SECONDS",
+                        help="how long the processes wait for each other at start-up (default 300)")
     parser.add_argument(cli.DEBUG_FLAG, action="store_true", help=cli.DEBUG_HELP)
     args, rest = parser.parse_known_args(argv)
     return args, recipe_lib.parse_override_args(rest)
@@ -74,11 +76,37 @@ def maybe_init_distributed(args: argparse.Namespace) -> None:
     if coordinator:
         # CPU collectives across processes (only affects the CPU backend; must precede backend start-up).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator or os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1")),
-            process_id=args.process_id if args.process_id is not None else int(os.environ.get("JAX_PROCESS_ID", "0")),
-        )
+        processes = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+        process_id = args.process_id if args.process_id is not None else int(os.environ.get("JAX_PROCESS_ID", "0"))
+        # Said before the wait, which is silent otherwise: a wrong address or a process that never starts looks
+        # like a hang for the whole timeout.
+        print(f"[bard_jax.train] process {process_id} of {processes}: joining the run at {coordinator} (waiting up "
+              f"to {args.coordinator_timeout} s for every process)", file=sys.stderr, flush=True)
+        if process_id != 0:
+            # XLA aborts the process when the coordinator cannot be reached, blaming "another task": reach it first.
+            wait_for_coordinator(coordinator, args.coordinator_timeout, f"process {process_id} of {processes}")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=processes, process_id=process_id,
+                                   initialization_timeout=args.coordinator_timeout)
+
+
+def wait_for_coordinator(address: str, timeout_s: float, who: str) -> None:
+    """Return once something accepts TCP connections at `address` (HOST:PORT), or raise TrainingError after
+    `timeout_s` seconds naming the address."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise TrainingError(f"{who} could not reach the coordinator at {address} within {timeout_s:g} s "
+                                    f"({e.strerror or e}): check the address, and that process 0 was started with "
+                                    "the same --coordinator") from None
+            time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from bard_jax.data.convert.errors import ConvertError
 from bard_jax.data.convert.parquet_rows import BATCH_ROWS
 from bard_jax.data.convert.source import RowReader, ShardUnreadable
 
@@ -27,13 +28,16 @@ def find_files(src: str) -> list[tuple[str, str]]:
     state_path = os.path.join(src, STATE_FILE)
     if not os.path.isfile(state_path):
         return []
+    problem = None
     try:
         with open(state_path) as f:
             names = [entry["filename"] for entry in json.load(f).get("_data_files") or []]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        names = []
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        names, problem = [], f"{type(e).__name__}: {e}"
     if not names:  # an unreadable or hand-made state.json: the data files as datasets names them
         names = [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(src), "*.arrow"))]
+    if not names and problem:
+        raise ConvertError(f"{state_path} cannot be read ({problem}) and {src} holds no *.arrow file to fall back on")
     return [("", os.path.join(src, name)) for name in sorted(names)]
 
 
