@@ -294,3 +294,23 @@ def test_an_over_long_line_is_skipped_from_its_byte_length_before_it_is_read(dat
     assert 3 not in read and len(set(read)) == len(lines) - 1
     reasons = [r for r in stream.skipped if "bytes is longer than any sample" in r]
     assert len(reasons) == 1 and stream.skipped[reasons[0]] >= 2, stream.skipped
+
+
+def test_a_resume_over_data_replaced_by_lines_of_the_same_total_size_is_refused(data, tmp_path):
+    from bard_jax.data.jsonl_records import open_records
+
+    lines = open(os.path.join(data, "train.jsonl")).read().splitlines()
+    shard = tmp_path / "train.jsonl"
+    shard.write_text("\n".join(lines) + "\n")
+    stream = make_stream(data, open_records(str(shard)))
+    stream.next_batch()
+    state = stream.get_state()
+    assert len(state["data_digest"]) == 16
+    # The same data again (re-indexed): it resumes.
+    make_stream(data, open_records(str(shard))).set_state(state)
+    # Two records swapped: same size, same number of records, other samples at the same positions.
+    swapped = [lines[1], lines[0], *lines[2:]]
+    shard.write_text("\n".join(swapped) + "\n")
+    assert shard.stat().st_size == sum(len(x) + 1 for x in lines)
+    with pytest.raises(DataError, match=r"the same \d+ records in number, but other contents"):
+        make_stream(data, open_records(str(shard))).set_state(state)

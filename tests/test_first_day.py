@@ -88,3 +88,38 @@ def test_the_quiet_transformers_import_leaves_the_environment_as_it_was(monkeypa
     monkeypatch.delenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", raising=False)
     assert import_transformers().__name__ == "transformers"
     assert "TRANSFORMERS_NO_ADVISORY_WARNINGS" not in os.environ
+
+
+POOL_PARENT = """
+import concurrent.futures, multiprocessing, os, sys, time
+from bard_jax.worker_exit import die_with_parent
+
+def task():
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+
+if __name__ == "__main__":
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=die_with_parent)
+    pool.submit(task)
+    time.sleep(600)
+"""
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """A `kill -9` of a converter (or a training run with data workers) leaves no worker behind, writing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(POOL_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    worker = int(parent.stdout.readline())  # the worker is running its task
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{worker}") and "Z" not in open(f"/proc/{worker}/stat").read().split()[2]:
+        assert time.monotonic() < deadline, "the worker outlived its parent"
+        time.sleep(0.05)

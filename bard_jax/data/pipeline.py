@@ -46,6 +46,7 @@ from bard_jax.data.jsonl_records import JsonlRecords, ShardChanged
 from bard_jax.data.processor import DataError, Processor
 from bard_jax.data.shape_agreement import Interrupted, LocalShapes, ShapeAgreement
 from bard_jax.diffusion.layout import LayoutError, collate_packed, drop_noisy_copy, pack_sample
+from bard_jax.worker_exit import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ _WORKER_STREAM: TrainStream | None = None
 
 def _worker_init(records, processor_dir, min_pixels, max_pixels, cfg, image_root):
     global _WORKER_STREAM
+    die_with_parent()
     proc = Processor.from_pretrained(processor_dir, min_pixels=min_pixels, max_pixels=max_pixels)
     _WORKER_STREAM = TrainStream(records, proc, dataclasses.replace(cfg, workers=0), image_root)
 
@@ -266,7 +268,11 @@ class TrainStream:
 
     # ------------------------------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
-        return {"batch_number": self.batch_number, "skipped": dict(self.skipped), "records": len(self.records)}
+        state = {"batch_number": self.batch_number, "skipped": dict(self.skipped), "records": len(self.records)}
+        digest = getattr(self.records, "content_digest", None)
+        if digest is not None:
+            state["data_digest"] = digest()
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         # Stream positions name records through a permutation of len(records): other data (a shard added, lines
@@ -275,6 +281,11 @@ class TrainStream:
             raise DataError(f"the training data changed since the checkpoint: it held {int(state['records'])} "
                             f"records, now {len(self.records)}; an exact resume needs the same data (start a new "
                             f"run to train on the new data)")
+        digest = getattr(self.records, "content_digest", None)
+        if "data_digest" in state and digest is not None and state["data_digest"] != digest():
+            raise DataError(f"the training data changed since the checkpoint: the same {len(self.records)} records "
+                            "in number, but other contents (a shard replaced or edited); an exact resume needs the "
+                            "same data (start a new run to train on the new data)")
         self.batch_number = int(state["batch_number"])
         self.skipped = collections.Counter(state.get("skipped", {}))
 

@@ -48,6 +48,7 @@ from bard_jax.data.convert.output import (
 from bard_jax.data.convert.plan import find_shards, read_metadata, shard_caps, source_named
 from bard_jax.data.convert.source import RowContext, Shard, ShardUnreadable
 from bard_jax.data.processor import DataError
+from bard_jax.worker_exit import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ _PROGRESS: Any = None
 
 def _worker_init(progress_queue: Any) -> None:
     global _PROGRESS
+    die_with_parent()  # a killed converter must not leave workers writing shards nobody will commit
     _PROGRESS = progress_queue
 
 
