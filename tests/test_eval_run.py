@@ -392,6 +392,19 @@ def test_empty_splits_empty_pixel_ranges_and_a_refused_runs_leftovers(ckpt, data
     empty = tmp_path / "empty_root"
     write_fixture(empty, "chartqa", rows=[], n_files=1)
     assert "task chartqa: its split holds no documents" in error_of(run_args(ckpt, str(empty), out, "chartqa"))
+    # A text column of another type (an answer stored as numbers) is named before anything is decoded.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    typed = tmp_path / "typed_root"
+    write_fixture(typed, "chartqa", rows=[{"type": "human_test", "question": "How many?", "answer": "7"}], n_files=1)
+    for d, _, files in os.walk(typed):
+        for name in (f for f in files if f.endswith(".parquet")):
+            table = pq.read_table(os.path.join(d, name))
+            column = table.schema.get_field_index("answer")
+            pq.write_table(table.set_column(column, "answer", pa.array([7], pa.int64())), os.path.join(d, name))
+    msg = error_of(run_args(ckpt, str(typed), out, "chartqa"))
+    assert "column 'answer' holds int64, not text" in msg and ".parquet" in msg
     # An empty pixel range is refused before anything loads.
     msg = error_of(["run", "--model", ckpt, "--data-root", data_root, "--tasks", "chartqa", "--out", str(out),
                     "--min-pixels", "20000", "--max-pixels", "10000"])

@@ -47,6 +47,36 @@ def split_files(root: str | os.PathLike, task: Task) -> list[str]:
                     + " or ".join(repr(p) for p in task.files))
 
 
+# Columns every task reads as text (the prompt and the reference answer): their type is checked per file.
+TEXT_COLUMNS = ("question", "answer")
+
+
+def check_schema(task: Task, path: str, schema: pa.Schema) -> None:
+    """EvalError naming the file unless `schema` holds every column the task reads, its text columns as strings."""
+    missing = [c for c in task.columns if c not in schema.names]
+    if missing:
+        raise EvalError(f"{task.name}: {path} has no column {missing[0]!r} (the task needs "
+                        f"{', '.join(task.columns)}; the file has {', '.join(schema.names)})")
+    for column in TEXT_COLUMNS:
+        kind = schema.field(column).type if column in task.columns else None
+        if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            # Anything else would become a garbage prompt, or fail in the scorer after decoding.
+            raise EvalError(f"{task.name}: {path}: column {column!r} holds {kind}, not text (the published split "
+                            "stores it as a string)")
+
+
+def check_split(root: str | os.PathLike, task: Task) -> None:
+    """Every file of a parquet split has the columns and types the task reads (footers only: nothing else read)."""
+    if task.reader == "jsonl":
+        return
+    for path in split_files(root, task):
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as e:
+            raise EvalError(f"{task.name}: cannot read parquet file {path}: {e}") from None
+        check_schema(task, path, schema)
+
+
 def read_docs(root: str | os.PathLike, task: Task, limit: int | None = None) -> Iterator[tuple[int, dict]]:
     """(doc_id, row) over the split in file order; doc_id is the row's index in the whole split.
 
@@ -64,11 +94,7 @@ def read_docs(root: str | os.PathLike, task: Task, limit: int | None = None) -> 
             parquet = pq.ParquetFile(path)
         except (OSError, pa.ArrowException) as e:
             raise EvalError(f"{task.name}: cannot read parquet file {path}: {e}") from None
-        names = set(parquet.schema_arrow.names)
-        missing = [c for c in task.columns if c not in names]
-        if missing:
-            raise EvalError(f"{task.name}: {path} has no column {missing[0]!r} (the task needs "
-                            f"{', '.join(task.columns)}; the file has {', '.join(parquet.schema_arrow.names)})")
+        check_schema(task, path, parquet.schema_arrow)
         try:
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(task.columns)):
                 for row in batch.to_pylist():

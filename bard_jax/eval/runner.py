@@ -25,7 +25,7 @@ from typing import Any
 
 from bard_jax.errors import BardError
 from bard_jax.eval import decode
-from bard_jax.eval.data import read_docs, split_files, text_fields
+from bard_jax.eval.data import check_split, read_docs, split_files, text_fields
 from bard_jax.eval.errors import EvalError
 from bard_jax.eval.prompts import answer_text, chat_messages, special_ids
 from bard_jax.eval.results import write_results
@@ -188,6 +188,7 @@ def check_inputs(settings: RunSettings, root: str, tasks: list[Task], out: str) 
         raise EvalError(f"--data-root: directory not found: {root}")
     for task in tasks:
         files = split_files(root, task)  # names the expected directory / files when the dataset is missing
+        check_split(root, task)  # columns and their types, from the files' footers
         if count_docs(root, task, None) == 0:  # a score over no document would read as a real 0
             raise EvalError(f"task {task.name}: its split holds no documents ({', '.join(files)})")
     if os.path.exists(out) and not os.path.isdir(out):
