@@ -16,6 +16,8 @@ import subprocess
 import sys
 
 import pytest
+
+pytest.importorskip("torch", reason="compares against transformers' torch models (the test extras)")
 from helpers_hf import make_tiny_hf_checkpoint
 
 import bard_jax as bj

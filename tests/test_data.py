@@ -312,7 +312,7 @@ def hf_video_processor(proc: Processor):
 
 
 def test_video_frames_match_transformers_sampling_resize_layout_and_times(synthetic):
-    import torch
+    torch = pytest.importorskip("torch", reason="transformers' video processor runs on torch (the test extras)")
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_video_resize
     from transformers.video_utils import VideoMetadata
 
@@ -343,6 +343,7 @@ def test_video_frames_match_transformers_sampling_resize_layout_and_times(synthe
 def test_video_token_ids_match_transformers_processor(synthetic):
     """transformers' processor expands the video placeholder from the grid and frame metadata its own video
     processor would produce (sampling and resize rule computed by transformers; pixels not compared here)."""
+    pytest.importorskip("torch", reason="transformers' video processor module imports torch (the test extras)")
     import transformers
     from packaging.version import Version
     from transformers.feature_extraction_utils import BatchFeature

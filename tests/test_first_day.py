@@ -55,10 +55,14 @@ def test_contradictory_pixel_bounds_are_refused(data):
 
 
 def test_an_empty_prompt_is_refused(data):
-    from bard_jax.generate import main
+    # Through the command line: importing the module bard_jax.generate in this process would shadow bj.generate
+    # for the other tests of this worker.
+    import subprocess
+    import sys
 
-    with pytest.raises(InputError, match=r"--prompt is empty"):
-        main(["--model", data, "--prompt", "  "])
+    r = subprocess.run([sys.executable, "-m", "bard_jax.generate", "--model", data, "--prompt", "  "],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1 and "error: --prompt is empty" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_fractional_number_for_an_integer_key_is_refused_not_truncated(tmp_path, data):

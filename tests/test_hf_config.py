@@ -10,6 +10,8 @@ import json
 import jax
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="compares against transformers' torch models (the test extras)")
 import safetensors.torch
 import torch
 from helpers_hf import (

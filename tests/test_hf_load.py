@@ -12,6 +12,8 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="compares against transformers' torch models (the test extras)")
 import torch
 from helpers_hf import make_tiny_hf_checkpoint
 from safetensors.torch import load_file, save_file

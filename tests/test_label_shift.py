@@ -231,7 +231,7 @@ def test_eval_settings_record_the_shift_only_when_on(tmp_path):
     assert not decode.decoder_config(off, 1, 0).shift_labels and decode.decoder_config(on, 1, 0).shift_labels
     # A run.json written without the key (before the option existed) resumes as a no-shift run, and refuses a
     # shifted one.
-    write_run_file(str(tmp_path), off, None, False)
+    write_run_file(str(tmp_path), off, None, True)  # finished (an unfinished run with no sample holds nothing)
     check_resumable(str(tmp_path), off)
     with pytest.raises(EvalError, match="shift_labels"):
         check_resumable(str(tmp_path), on)

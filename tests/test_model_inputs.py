@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="compares against transformers' torch models (the test extras)")
 import torch
 from transformers import Qwen3VLForConditionalGeneration
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="compares against transformers' torch models (the test extras)")
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 

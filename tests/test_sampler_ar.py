@@ -1,6 +1,9 @@
 """The autoregressive baseline decoder: greedy tokens equal transformers' generate on the same checkpoint."""
 
 import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="compares against transformers' torch models (the test extras)")
 import torch
 from test_model_parity import make_checkpoint
 
