@@ -258,28 +258,30 @@ def snapshot(path) -> dict[str, bytes]:
             for d, _, files in os.walk(path) for f in files}
 
 
-def test_bad_inputs_are_one_line_errors_before_anything_is_written(ckpt, data_root, baseline, tmp_path, capsys):
-    def error_of(argv) -> str:
-        assert run_cli(argv) == 1
-        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-        assert len(errors) == 1 and errors[0].startswith(f"{PROG}: error: "), errors
-        return errors[0]
+def error_of(argv, capsys) -> str:
+    """The command's one error line (exit status 1)."""
+    assert run_cli(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"{PROG}: error: "), errors
+    return errors[0]
 
+
+def test_bad_inputs_are_one_line_errors_before_anything_is_written(ckpt, data_root, baseline, tmp_path, capsys):
     out = tmp_path / "fresh"
-    assert "unknown task 'nope'" in error_of(run_args(ckpt, data_root, out, "chartqa,nope"))
+    assert "unknown task 'nope'" in error_of(run_args(ckpt, data_root, out, "chartqa,nope"), capsys)
     empty = tmp_path / "empty_root"
     write_fixture(empty, "chartqa")
-    msg = error_of(run_args(ckpt, str(empty), out, "chartqa,realworldqa"))
+    msg = error_of(run_args(ckpt, str(empty), out, "chartqa,realworldqa"), capsys)
     assert os.path.join(str(empty), "lmms-lab", "RealWorldQA") in msg
-    assert "not a weights directory" in error_of(run_args(str(tmp_path), data_root, out, "chartqa"))
+    assert "not a weights directory" in error_of(run_args(str(tmp_path), data_root, out, "chartqa"), capsys)
     assert not out.exists()
     # An OUT holding a run of other settings: refused, naming both, and nothing in it changes.
     held = tmp_path / "held"
     shutil.copytree(baseline[0], held)
     before = snapshot(held)
-    msg = error_of(run_args(ckpt, data_root, held, "chartqa", "--block-size", "8"))
+    msg = error_of(run_args(ckpt, data_root, held, "chartqa", "--block-size", "8"), capsys)
     assert "block_size=4" in msg and "block_size=8" in msg and "denoising_steps=4" in msg
-    msg = error_of(run_args(ckpt, data_root, held, "chartqa", "--decoder", "ar"))
+    msg = error_of(run_args(ckpt, data_root, held, "chartqa", "--decoder", "ar"), capsys)
     assert "decoder='diffusion'" in msg and "decoder='ar'" in msg
     assert snapshot(held) == before
 
@@ -332,11 +334,6 @@ def test_the_cli_keeps_the_synthetic_tasks_own_image_sizes_unless_told():
 def test_an_out_is_tied_to_the_model_and_its_weights(ckpt, data_root, baseline, tmp_path, capsys):
     """A rerun into the OUT of an earlier evaluation is refused when the model at that path was retrained since
     (other weights, same path), and so is a run of another model into it: nothing in OUT changes."""
-    def error_of(argv) -> str:
-        assert run_cli(argv) == 1
-        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-        assert len(errors) == 1, errors
-        return errors[0]
 
     model = tmp_path / "model"
     shutil.copytree(ckpt, model)
@@ -358,10 +355,10 @@ def test_an_out_is_tied_to_the_model_and_its_weights(ckpt, data_root, baseline, 
     data = bytearray(open(weights, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(weights, "wb").write(bytes(data))
-    msg = error_of(run_args(str(model), data_root, held, "chartqa"))
+    msg = error_of(run_args(str(model), data_root, held, "chartqa"), capsys)
     assert f"holds results of {model} when it held other weights" in msg and "digest" in msg
     # Another model into the same OUT, for another task: refused, both named.
-    msg = error_of(run_args(ckpt, data_root, held, "realworldqa"))
+    msg = error_of(run_args(ckpt, data_root, held, "realworldqa"), capsys)
     assert f"holds results of another model ({model}" in msg and f"evaluates {ckpt}" in msg
     assert snapshot(held) == before
 
@@ -381,17 +378,13 @@ def test_the_weights_digest_reads_contents_not_paths_or_times(ckpt, tmp_path):
 
 def test_empty_splits_empty_pixel_ranges_and_a_refused_runs_leftovers(ckpt, data_root, tmp_path, capsys,
                                                                        monkeypatch):
-    def error_of(argv) -> str:
-        assert run_cli(argv) == 1
-        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-        assert len(errors) == 1, errors
-        return errors[0]
 
     out = tmp_path / "out"
     # An empty split is not scored (a score of 0 over no document would read as a real one).
     empty = tmp_path / "empty_root"
     write_fixture(empty, "chartqa", rows=[], n_files=1)
-    assert "task chartqa: its split holds no documents" in error_of(run_args(ckpt, str(empty), out, "chartqa"))
+    msg = error_of(run_args(ckpt, str(empty), out, "chartqa"), capsys)
+    assert "task chartqa: its split holds no documents" in msg
     # A text column of another type (an answer stored as numbers) is named before anything is decoded.
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -403,11 +396,11 @@ def test_empty_splits_empty_pixel_ranges_and_a_refused_runs_leftovers(ckpt, data
             table = pq.read_table(os.path.join(d, name))
             column = table.schema.get_field_index("answer")
             pq.write_table(table.set_column(column, "answer", pa.array([7], pa.int64())), os.path.join(d, name))
-    msg = error_of(run_args(ckpt, str(typed), out, "chartqa"))
+    msg = error_of(run_args(ckpt, str(typed), out, "chartqa"), capsys)
     assert "column 'answer' holds int64, not text" in msg and ".parquet" in msg
     # An empty pixel range is refused before anything loads.
     msg = error_of(["run", "--model", ckpt, "--data-root", data_root, "--tasks", "chartqa", "--out", str(out),
-                    "--min-pixels", "20000", "--max-pixels", "10000"])
+                    "--min-pixels", "20000", "--max-pixels", "10000"], capsys)
     assert "--min-pixels 20000 and --max-pixels 10000: the image pixel range is empty" in msg
     assert not out.exists()
     # A run that stops before its first sample leaves run.json; the corrected command (other settings) takes over.

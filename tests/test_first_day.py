@@ -127,3 +127,17 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
     while os.path.exists(f"/proc/{worker}") and "Z" not in open(f"/proc/{worker}/stat").read().split()[2]:
         assert time.monotonic() < deadline, "the worker outlived its parent"
         time.sleep(0.05)
+
+
+def test_the_progress_bar_names_the_compile_and_estimates_from_the_second_step(tmp_path, capsys):
+    from bard_jax.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path), total_steps=10, enabled=True)
+    writer.advance()  # the first step: the compile
+    said = "".join(capsys.readouterr())
+    assert "first step: " in said and "most of it compiling the step" in said
+    bar = writer._bar
+    assert bar.n == 1 and bar.initial == 1  # the rate (and the estimate) count from here on
+    writer.advance()
+    assert bar.n == 2 and bar.initial == 1
+    writer.close()

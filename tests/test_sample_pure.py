@@ -154,14 +154,20 @@ IMAGE_SC = bj.SamplingConfig(max_new_tokens=8, block_size=4, denoising_steps=2, 
                              confidence_threshold=0.6, mask_token_id=MASK, eos_token_id=EOS)
 
 
-def test_sample_in_user_jit_per_example_images_equals_generate_and_reference():
-    model = model_()
+def image_sampler(model: bj.Model, mask, example):
+    """A caller's jitted `bj.sample` of the `image_batch` rows (parameters traced, per-example images) as a function
+    of the ids."""
     cfg = model.config
-    prompts, visions, ids, mask, concatenated, example = image_batch(cfg)
     user = jax.jit(lambda params, ids, mask, pixels, grid: bj.sample(
         bj.Model(params, cfg), ids, config=IMAGE_SC, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid))
-    result = user(model.params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
-                  jnp.asarray(example["image_grid_thw"]))
+    return lambda ids: user(model.params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
+                            jnp.asarray(example["image_grid_thw"]))
+
+
+def test_sample_in_user_jit_per_example_images_equals_generate_and_reference():
+    model = model_()
+    prompts, visions, ids, mask, concatenated, example = image_batch(model.config)
+    result = image_sampler(model, mask, example)(ids)
     # generate takes the processor's concatenated layout and regroups it on the host
     assert_equals_generate(result, bj.generate(model, ids, IMAGE_SC, attention_mask=mask, **concatenated))
     for row, (prompt, vision) in enumerate(zip(prompts, visions)):
@@ -260,22 +266,18 @@ def test_under_user_jit_bad_ids_and_missing_placeholders_are_flagged_and_not_dec
     model = model_()
     cfg = model.config
     prompts, visions, ids, mask, concatenated, example = image_batch(cfg)
-    user = jax.jit(lambda params, ids, mask, pixels, grid: bj.sample(
-        bj.Model(params, cfg), ids, config=IMAGE_SC, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid))
-    good = user(model.params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
-                jnp.asarray(example["image_grid_thw"]))
+    decode = image_sampler(model, mask, example)
+    good = decode(ids)
     np.testing.assert_array_equal(np.asarray(good.bad_input), [0, 0])
     bad_ids = ids.copy()
     bad_ids[0, -1] = cfg.text.vocab_size + 5  # row 0: an id past the vocabulary
     missing = bad_ids.copy()
     missing[1][missing[1] == cfg.image_token_id] = 7  # row 1: its image's placeholders gone
-    out = user(model.params, jnp.asarray(missing), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
-               jnp.asarray(example["image_grid_thw"]))
+    out = decode(missing)
     np.testing.assert_array_equal(np.asarray(out.bad_input), [BAD_TOKEN_ID, BAD_PLACEHOLDERS])
     assert (np.asarray(out.tokens) == MASK).all() and (np.asarray(out.generated_tokens) == 0).all()
     # One flagged row leaves its neighbour as it was.
-    half = user(model.params, jnp.asarray(bad_ids), jnp.asarray(mask), jnp.asarray(example["pixel_values"]),
-                jnp.asarray(example["image_grid_thw"]))
+    half = decode(bad_ids)
     np.testing.assert_array_equal(np.asarray(half.bad_input), [BAD_TOKEN_ID, 0])
     np.testing.assert_array_equal(np.asarray(half.tokens[1]), np.asarray(good.tokens[1]))
     # The AR decoder flags the same and emits EOS at once.

@@ -64,16 +64,20 @@ class MetricsWriter:
     def advance(self, n: int = 1) -> None:
         if self._bar is None:
             return
-        self._bar.update(n)
-        if self._first_step:
-            # The first step compiled the train step: its time says nothing about the steps to come, so the bar's
-            # estimate starts after it (else it shows a wait many times too long), and the compile is named.
-            self._first_step = False
-            self._bar.write(f"[bard_jax.train] first step: {time.time() - self._last:.0f} s, most of it compiling "
-                            "the step (other batch shapes compile when they first come); the time estimate starts now")
-            self._bar.initial = self._bar.n
-            self._bar.start_t = self._bar.last_print_t = self._bar._time()
-            self._bar.last_print_n = self._bar.n
+        if not self._first_step:
+            self._bar.update(n)
+            return
+        # The first step compiled the train step: its time says nothing about the steps to come, so it is counted
+        # without an estimate and the bar's clock starts after it (else it shows a wait many times too long), and
+        # the compile is named.
+        self._first_step = False
+        bar = self._bar
+        bar.write(f"[bard_jax.train] first step: {time.time() - self._last:.0f} s, most of it compiling the step "
+                  "(other batch shapes compile when they first come); the time estimate starts now")
+        bar.n += n
+        bar.initial = bar.last_print_n = bar.n
+        bar.start_t = bar.last_print_t = bar._time()
+        bar.refresh()
 
     def message(self, text: str) -> None:
         if self.enabled:
