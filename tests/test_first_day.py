@@ -141,3 +141,13 @@ def test_the_progress_bar_names_the_compile_and_estimates_from_the_second_step(t
     writer.advance()
     assert bar.n == 2 and bar.initial == 1
     writer.close()
+
+
+def test_the_eval_tasks_help_lists_every_task(capsys):
+    from bard_jax.eval.__main__ import parse_args
+    from bard_jax.eval.tasks import TASKS
+
+    with pytest.raises(SystemExit):
+        parse_args(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(name in shown for name in TASKS) and "synthetic" in shown

@@ -150,9 +150,11 @@ def test_two_launches_at_once_one_trains_the_other_is_refused(tmp_path):
         assert steps == list(range(1, len(steps) + 1))  # one run's rows, none twice
 
 
-def test_steps_lowered_below_the_checkpoint_are_refused_not_exported_as_finished(tmp_path):
+def test_steps_lowered_below_the_checkpoint_are_refused_not_exported_as_finished(tmp_path, capsys):
     w = tmp_path / "run"
     assert loop.main(argv(w)) == 0  # 2 steps, a checkpoint at step 2, exported
+    # The run's last line says where the model went.
+    assert f"[bard_jax.train] demo: finished at step 2; the model is in {w / 'export'}" in capsys.readouterr().out
     exported = snapshot(w / "export")
     with pytest.raises(TrainingError, match=r"is at step 2, past steps=1: .* set --recipe.steps=2"):
         loop.main(argv(w, "--recipe.steps", "1"))
