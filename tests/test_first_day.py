@@ -86,12 +86,27 @@ def test_an_empty_train_jsonl_is_named(tmp_path, data):
     assert not (tmp_path / "run").exists()
 
 
-def test_the_quiet_transformers_import_leaves_the_environment_as_it_was(monkeypatch):
-    from bard_jax.quiet_transformers import import_transformers
+def test_the_quiet_transformers_import_leaves_the_environment_as_it_was():
+    """In a fresh process (so transformers really is imported by it): the advisory switch is on during the import
+    and off again after it."""
+    import subprocess
+    import sys
 
-    monkeypatch.delenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", raising=False)
-    assert import_transformers().__name__ == "transformers"
-    assert "TRANSFORMERS_NO_ADVISORY_WARNINGS" not in os.environ
+    code = ("import os, sys\n"
+            "from bard_jax.quiet_transformers import import_transformers\n"
+            "assert 'transformers' not in sys.modules\n"
+            "seen = []\n"
+            "class Probe:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'transformers':\n"
+            "            seen.append(os.environ.get('TRANSFORMERS_NO_ADVISORY_WARNINGS'))\n"
+            "sys.meta_path.insert(0, Probe())\n"
+            "assert import_transformers().__name__ == 'transformers'\n"
+            "assert seen == ['1'], seen\n"
+            "assert 'TRANSFORMERS_NO_ADVISORY_WARNINGS' not in os.environ\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 POOL_PARENT = """
